@@ -16,8 +16,9 @@ together) and one elementwise pass, using two identities of Algorithm 1:
 
 When :math:`s` is nearly parallel to :math:`w` (:math:`\|p\|^2 < 10^{-2}\, s \cdot s`) the
 difference :math:`s \cdot s - k\,(s \cdot w)` and the two terms of :math:`u` cancel in
-float32; those layers take a second pass that forms :math:`p` explicitly (a ``lax.cond``,
-so the common case does not pay for it).
+float32; those layers take an exact path instead, which forms :math:`p` and measures
+:math:`\|w - \beta p\|` (two more passes, in a ``lax.cond``, so the common case does not pay
+for them).
 """
 
 from __future__ import annotations
@@ -78,9 +79,13 @@ def _rotate_leaf(s, w, norm0, rho_l, rho):
     return a * w32 + b * s32
 
   def explicit():
+    # Here float32 leaves p orthogonal to w only up to eps ||s|| / ||p||, so the norm
+    # identity behind gamma is off too: measure ||w - beta p|| instead.
     perp = s32 - k * w32
     c = _coefficients(ww, _tree.sum_of_products(perp, perp), ss, norm0, rho_l)
-    rotated = c.gamma * (w32 - c.beta * perp) - w32
+    moved = w32 - c.beta * perp
+    to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(_tree.sum_of_products(moved, moved)))
+    rotated = jnp.where(norm0 > 0, to_sphere, 1.0) * moved - w32
     return jnp.where(c.active, rotated, plain * s32)
 
   nearly_parallel = (ss - k * sw) < _CANCELLATION_RATIO * ss

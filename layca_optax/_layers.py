@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Union
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from layca_optax import _tree
+from layca_optax._order import natural_key
 
 __all__ = ["alpha_multipliers", "default_mask"]
 
@@ -106,19 +106,20 @@ def layer_indices(
   if layer_order is None:
     ordered = sorted(layers, key=natural_key)
   else:
-    ordered = _ordered_layers(list(layer_order), paths, layers, owner)
+    ordered = _ordered_layers(layer_order, paths, layers, owner)
   depth = {path: i for i, path in enumerate(ordered)}
   return tuple(depth.get(p) if flag else None for p, flag in zip(paths, is_layer))
 
 
 def _ordered_layers(
-    layer_order: list[str], paths: Sequence[str], layers: list[str], owner: str
+    layer_order: Sequence[str], paths: Sequence[str], layers: list[str], owner: str
 ) -> list[str]:
   if isinstance(layer_order, str) or not all(isinstance(p, str) for p in layer_order):
     raise TypeError(
         f"{owner}: `layer_order` must be a list of path strings such as "
         f"['Conv_0/kernel', 'Dense_0/kernel'], got {layer_order!r}."
     )
+  layer_order = list(layer_order)
   known = set(paths)
   for path in layer_order:
     if path not in known:
@@ -142,12 +143,6 @@ def _ordered_layers(
     )
   is_layer = set(layers)
   return [p for p in layer_order if p in is_layer]
-
-
-def natural_key(path: str) -> tuple[Any, ...]:
-  """Sort key comparing digit runs as numbers: ``'Dense_2' < 'Dense_10'``."""
-  parts = re.split(r"(\d+)", path)
-  return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
 
 
 def check_alpha(alpha: Any, owner: str) -> None:

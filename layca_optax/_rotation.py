@@ -52,7 +52,10 @@ def _leaf_angle(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _map_pairs(fn, params: Any, other: Any, mask: Any, owner: str) -> Any:
   flat_a, flat_b = _tree.flatten(params), _tree.flatten(other)
-  _tree.check_same_structure(flat_a, flat_b, owner)
+  _tree.check_same_structure(
+      flat_a, flat_b, owner, names=("params", "reference params"),
+      fix="Compare two versions of the same params tree (e.g. params and init_params).",
+  )
   if mask is None:
     selected = (True,) * len(flat_a.leaves)
   else:

@@ -76,29 +76,37 @@ def check_params(params: Any, owner: str) -> None:
     )
 
 
-def check_same_structure(updates: Flat, params: Flat, owner: str) -> None:
-  """Raises a ValueError naming the first path where ``updates`` and ``params`` differ."""
+_GRADIENTS_FIX = "Pass the gradients of exactly the params tree the optimizer was initialised with."
+
+
+def check_same_structure(
+    updates: Flat,
+    params: Flat,
+    owner: str,
+    names: tuple[str, str] = ("updates", "params"),
+    fix: str = _GRADIENTS_FIX,
+) -> None:
+  """Raises a ValueError naming the first path where two flattened trees differ."""
   if updates.treedef == params.treedef:
     return
+  first, second = names
   for i, (pu, pp) in enumerate(zip(updates.paths, params.paths)):
     if pu != pp:
       raise ValueError(
-          f"{owner}: the updates and the params have different structures; the first "
-          f"difference is leaf {i}: updates have {pu!r} where params have {pp!r}. Pass "
-          "the gradients of exactly the params tree the optimizer was initialised with."
+          f"{owner}: the {first} and the {second} have different structures; the first "
+          f"difference is leaf {i}: {first} have {pu!r} where {second} have {pp!r}. {fix}"
       )
   nu, np_ = len(updates.paths), len(params.paths)
   if nu != np_:
-    longer, name = (updates, "updates") if nu > np_ else (params, "params")
+    longer, name = (updates, first) if nu > np_ else (params, second)
     raise ValueError(
-        f"{owner}: the updates have {nu} leaves and the params {np_}; the first leaf only "
-        f"in the {name} is {longer.paths[min(nu, np_)]!r}. Pass the gradients of exactly "
-        "the params tree the optimizer was initialised with."
+        f"{owner}: the {first} have {nu} leaves and the {second} {np_}; the first leaf "
+        f"only in the {name} is {longer.paths[min(nu, np_)]!r}. {fix}"
     )
   raise ValueError(
-      f"{owner}: the updates and the params have the same paths but different pytree "
-      f"types:\n  updates: {updates.treedef}\n  params:  {params.treedef}\nConvert both "
-      "to the same container types."
+      f"{owner}: the {first} and the {second} have the same paths but different pytree "
+      f"types:\n  {first}: {updates.treedef}\n  {second}: {params.treedef}\nConvert "
+      "both to the same container types."
   )
 
 

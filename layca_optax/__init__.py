@@ -1,0 +1,42 @@
+"""layca_optax: control and measure layer rotation in JAX with Optax.
+
+Layca (LAYer-level Controlled Amount of weight rotation) rotates every layer's weights by
+exactly ``arctan(learning_rate)`` per step, on top of any base optimizer, and the layer
+rotation utilities measure how far each layer has turned from its initialisation
+(Carbonnelle & De Vleeschouwer, "Layer rotation: a surprisingly powerful indicator of
+generalization in deep networks?", 2019).
+"""
+
+from layca_optax._layca import LaycaState, layca
+from layca_optax._layers import alpha_multipliers, default_mask
+from layca_optax._order import forward_order, natural_order
+from layca_optax._rotation import cosine_distance, rotation_angle
+from layca_optax._transforms import (
+    PARALLEL_RTOL,
+    ProjectToSphereState,
+    ScaleByLayerRatesState,
+    normalize_rotation,
+    project_orthogonal,
+    project_to_sphere,
+    scale_by_layer_rates,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LaycaState",
+    "PARALLEL_RTOL",
+    "ProjectToSphereState",
+    "ScaleByLayerRatesState",
+    "alpha_multipliers",
+    "cosine_distance",
+    "default_mask",
+    "forward_order",
+    "layca",
+    "natural_order",
+    "normalize_rotation",
+    "project_orthogonal",
+    "project_to_sphere",
+    "rotation_angle",
+    "scale_by_layer_rates",
+]

@@ -62,12 +62,10 @@ def _coefficients(ww, perp_sq, ss, norm0, rho_l) -> _Coefficients:
   return _Coefficients(active, beta, gamma)
 
 
-def _rotate_leaf(s, w, norm0, rho_l, rho):
+def _rotate_leaf(s, w, norm0, rho_l, rho, *, dot):
   """The Layca update of one layer leaf, in the dtype of ``w``."""
   s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  ww = _tree.sum_of_products(w32, w32)
-  sw = _tree.sum_of_products(s32, w32)
-  ss = _tree.sum_of_products(s32, s32)
+  ww, sw, ss = dot(w32, w32), dot(s32, w32), dot(s32, s32)
   k = _transforms.safe_ratio(sw, ww)
   # A zero-norm layer is stepped like a non-layer leaf: -rho(t) s.
   plain = jnp.where(ww > 0, 0.0, -rho)
@@ -82,9 +80,9 @@ def _rotate_leaf(s, w, norm0, rho_l, rho):
     # Here float32 leaves p orthogonal to w only up to eps ||s|| / ||p||, so the norm
     # identity behind gamma is off too: measure ||w - beta p|| instead.
     perp = s32 - k * w32
-    c = _coefficients(ww, _tree.sum_of_products(perp, perp), ss, norm0, rho_l)
+    c = _coefficients(ww, dot(perp, perp), ss, norm0, rho_l)
     moved = w32 - c.beta * perp
-    to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(_tree.sum_of_products(moved, moved)))
+    to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(dot(moved, moved)))
     rotated = jnp.where(norm0 > 0, to_sphere, 1.0) * moved - w32
     return jnp.where(c.active, rotated, plain * s32)
 
@@ -99,8 +97,10 @@ def _rotate_layers(
     depth_exponent: Any,
     layer_order: Sequence[str] | None,
     mask: _layers.MaskOrFn,
+    axis_name: _tree.AxisName | None,
 ) -> optax.GradientTransformation:
   """Operations 1 to 4 of Layca in two passes per layer (see the module docstring)."""
+  dot = _tree.reducer(axis_name)
   owner = "layca"
 
   def init_fn(params):
@@ -108,7 +108,7 @@ def _rotate_layers(
     plan = _layers.plan_layers(_tree.flatten(params), params, mask, layer_order, owner)
     return LaycaState(
         count=jnp.zeros([], jnp.int32),
-        initial_norms=_transforms.initial_norms(params, plan, owner),
+        initial_norms=_transforms.initial_norms(params, plan, owner, axis_name),
     )
 
   def update_fn(updates, state, params=None):
@@ -120,7 +120,7 @@ def _rotate_layers(
     rates = _transforms.layer_rates(rho, plan, alpha, depth_exponent)
     norms0 = _tree.flatten(state.initial_norms).leaves
     out = [
-        _rotate_leaf(s, w, n0, rho_l, rho)
+        _rotate_leaf(s, w, n0, rho_l, rho, dot=dot)
         if layer
         else (-rho * _tree.as_f32(s)).astype(jnp.result_type(s))
         for s, w, n0, rho_l, layer in zip(
@@ -141,6 +141,7 @@ def layca(
     depth_exponent: float = 5.0,
     layer_order: Sequence[str] | None = None,
     mask: _layers.MaskOrFn = None,
+    axis_name: _tree.AxisName | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Layca: every layer rotates by exactly :math:`\arctan \rho_l(t)` per step.
 
@@ -189,6 +190,9 @@ def layca(
       ``forward_order(apply_fn, params, x)``.
     mask: which leaves are layers: ``None`` (leaves with ``ndim >= 2``), a pytree of bools
       (a prefix of the params), or a callable ``params -> pytree of bools``.
+    axis_name: only inside ``shard_map`` (or ``pmap``) when each device holds a slice of
+      a leaf: the mesh axis (or axes) over which per-layer reductions are summed, so that
+      the result equals the global one. ``jax.jit`` over sharded arrays needs nothing.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -224,5 +228,6 @@ def layca(
         "for Adam base=optax.scale_by_adam() (no learning rate: Layca sets the step size)."
     )
   return optax.chain(
-      base, _rotate_layers(learning_rate, alpha, depth_exponent, layer_order, mask)
+      base,
+      _rotate_layers(learning_rate, alpha, depth_exponent, layer_order, mask, axis_name),
   )

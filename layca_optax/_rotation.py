@@ -23,34 +23,34 @@ from layca_optax import _layers, _transforms, _tree
 __all__ = ["cosine_distance", "rotation_angle"]
 
 
-def _unit_difference_norms(a: jax.Array, b: jax.Array):
+def _unit_difference_norms(a: jax.Array, b: jax.Array, dot):
   """``||a^ - b^||^2``, ``||a^ + b^||^2`` and whether both / either norm is zero."""
   a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
-  aa, bb = _tree.sum_of_products(a32, a32), _tree.sum_of_products(b32, b32)
+  aa, bb = dot(a32, a32), dot(b32, b32)
   ua = a32 * _transforms.safe_ratio(1.0, jnp.sqrt(aa))
   ub = b32 * _transforms.safe_ratio(1.0, jnp.sqrt(bb))
   diff, total = ua - ub, ua + ub
   return (
-      _tree.sum_of_products(diff, diff),
-      _tree.sum_of_products(total, total),
+      dot(diff, diff),
+      dot(total, total),
       (aa == 0) & (bb == 0),
       (aa == 0) | (bb == 0),
   )
 
 
-def _leaf_cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
-  diff_sq, _, both_zero, any_zero = _unit_difference_norms(a, b)
+def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
+  diff_sq, _, both_zero, any_zero = _unit_difference_norms(a, b, dot)
   # A zero vector has no direction: equal to another zero vector, unrelated to the rest.
   return jnp.where(any_zero, jnp.where(both_zero, 0.0, 1.0), 0.5 * diff_sq)
 
 
-def _leaf_angle(a: jax.Array, b: jax.Array) -> jax.Array:
-  diff_sq, sum_sq, both_zero, any_zero = _unit_difference_norms(a, b)
+def _leaf_angle(a: jax.Array, b: jax.Array, dot) -> jax.Array:
+  diff_sq, sum_sq, both_zero, any_zero = _unit_difference_norms(a, b, dot)
   angle = 2.0 * jnp.arctan2(jnp.sqrt(diff_sq), jnp.sqrt(sum_sq))
   return jnp.where(any_zero, jnp.where(both_zero, 0.0, jnp.pi / 2), angle)
 
 
-def _map_pairs(fn, params: Any, other: Any, mask: Any, owner: str) -> Any:
+def _map_pairs(fn, params: Any, other: Any, mask: Any, axis_name, owner: str) -> Any:
   flat_a, flat_b = _tree.flatten(params), _tree.flatten(other)
   _tree.check_same_structure(
       flat_a, flat_b, owner, names=("params", "reference params"),
@@ -60,14 +60,21 @@ def _map_pairs(fn, params: Any, other: Any, mask: Any, owner: str) -> Any:
     selected = (True,) * len(flat_a.leaves)
   else:
     selected = _layers.resolve_mask(mask, params, owner)
+  dot = _tree.reducer(axis_name)
   out = [
-      fn(a, b) if keep else None
+      fn(a, b, dot) if keep else None
       for a, b, keep in zip(flat_a.leaves, flat_b.leaves, selected)
   ]
   return flat_a.unflatten(out)
 
 
-def cosine_distance(params: Any, init_params: Any, *, mask: Any = None) -> Any:
+def cosine_distance(
+    params: Any,
+    init_params: Any,
+    *,
+    mask: Any = None,
+    axis_name: _tree.AxisName | None = None,
+) -> Any:
   r"""Layer rotation: the cosine distance between each leaf and its initial value.
 
   .. math::
@@ -85,6 +92,8 @@ def cosine_distance(params: Any, init_params: Any, *, mask: Any = None) -> Any:
     mask: ``None`` gives every leaf a value. Otherwise which leaves to measure: a pytree of
       bools (a prefix of the params) or a callable ``params -> pytree of bools``, e.g.
       ``layca_optax.default_mask`` for the kernels; unselected leaves are ``None``.
+    axis_name: inside ``shard_map``/``pmap`` where each device holds a slice of a leaf,
+      the mesh axis (or axes) to sum over, so that every device gets the global value.
 
   Returns:
     A pytree with the structure of ``params`` of float32 scalars.
@@ -97,10 +106,18 @@ def cosine_distance(params: Any, init_params: Any, *, mask: Any = None) -> Any:
     >>> {k: float(v) for k, v in cosine_distance(w, w0).items()}
     {'bias': 0.0, 'kernel': 1.0}
   """
-  return _map_pairs(_leaf_cosine_distance, params, init_params, mask, "cosine_distance")
+  return _map_pairs(
+      _leaf_cosine_distance, params, init_params, mask, axis_name, "cosine_distance"
+  )
 
 
-def rotation_angle(params: Any, other_params: Any, *, mask: Any = None) -> Any:
+def rotation_angle(
+    params: Any,
+    other_params: Any,
+    *,
+    mask: Any = None,
+    axis_name: _tree.AxisName | None = None,
+) -> Any:
   r"""The angle in radians between each leaf of two pytrees, accurate in float32.
 
   .. math::
@@ -114,6 +131,7 @@ def rotation_angle(params: Any, other_params: Any, *, mask: Any = None) -> Any:
     params: a pytree of arrays.
     other_params: a pytree of the same structure.
     mask: as in ``cosine_distance``.
+    axis_name: as in ``cosine_distance``.
 
   Returns:
     A pytree with the structure of ``params`` of float32 scalars in ``[0, pi]``.
@@ -126,4 +144,6 @@ def rotation_angle(params: Any, other_params: Any, *, mask: Any = None) -> Any:
     >>> print(f"{float(rotation_angle(a, b)['kernel']):.6f}")  # pi / 4
     0.785398
   """
-  return _map_pairs(_leaf_angle, params, other_params, mask, "rotation_angle")
+  return _map_pairs(
+      _leaf_angle, params, other_params, mask, axis_name, "rotation_angle"
+  )

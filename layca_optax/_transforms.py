@@ -70,8 +70,6 @@ def safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(nonzero, num / jnp.where(nonzero, den, 1.0), 0.0)
 
 
-def _sq_norm(x: jax.Array) -> jax.Array:
-  return _tree.sum_of_products(x, x)
 
 
 class _Leaves(NamedTuple):
@@ -97,11 +95,11 @@ def _prepare(
 
 
 def _map_layers(
-    leaves: _Leaves, fn: Callable[..., jax.Array], *per_leaf: Sequence[Any]
+    leaves: _Leaves, fn: Callable[..., jax.Array], dot, *per_leaf: Sequence[Any]
 ) -> Any:
-  """Applies ``fn(update, param, *extras)`` to layer leaves; other leaves pass through."""
+  """Applies ``fn(update, param, *extras, dot=dot)`` to layer leaves; others pass."""
   out = [
-      fn(u, p, *extra) if layer else u
+      fn(u, p, *extra, dot=dot) if layer else u
       for u, p, layer, *extra in zip(
           leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, *per_leaf
       )
@@ -112,16 +110,18 @@ def _map_layers(
 # -- 1. orthogonal projection ------------------------------------------------------------
 
 
-def _project_leaf(s: jax.Array, w: jax.Array) -> jax.Array:
+def _project_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
   s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  ww = _sq_norm(w32)
-  perp = s32 - safe_ratio(_tree.sum_of_products(s32, w32), ww) * w32
-  perp = jnp.where(tangent_is_zero(_sq_norm(perp), _sq_norm(s32)), 0.0, perp)
+  ww = dot(w32, w32)
+  perp = s32 - safe_ratio(dot(s32, w32), ww) * w32
+  perp = jnp.where(tangent_is_zero(dot(perp, perp), dot(s32, s32)), 0.0, perp)
   # A zero-norm layer has no tangent space: its step passes unchanged.
   return jnp.where(ww > 0, perp, s32).astype(s.dtype)
 
 
-def project_orthogonal(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransformation:
+def project_orthogonal(
+    *, mask: _layers.MaskOrFn = None, axis_name: _tree.AxisName | None = None
+) -> optax.GradientTransformation:
   r"""Operation 1 of Layca: removes the component of each layer's step along its weights.
 
   .. math::
@@ -134,6 +134,9 @@ def project_orthogonal(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransf
   Args:
     mask: which leaves are layers: ``None`` (leaves with ``ndim >= 2``), a pytree of bools
       (a prefix of the params) or a callable ``params -> pytree of bools``.
+    axis_name: inside ``shard_map``/``pmap`` where each device holds a slice of a leaf,
+      the mesh axis (or axes) to sum per-layer reductions over; ``None`` otherwise (plain
+      ``jax.jit`` over sharded arrays needs nothing).
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -151,7 +154,7 @@ def project_orthogonal(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransf
 
   def update_fn(updates, state, params=None):
     leaves = _prepare(updates, params, mask, "project_orthogonal")
-    return _map_layers(leaves, _project_leaf), state
+    return _map_layers(leaves, _project_leaf, _tree.reducer(axis_name)), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -159,15 +162,17 @@ def project_orthogonal(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransf
 # -- 2. rotation-based normalisation -----------------------------------------------------
 
 
-def _normalize_leaf(s: jax.Array, w: jax.Array) -> jax.Array:
+def _normalize_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
   s32 = _tree.as_f32(s)
-  ww, ss = _sq_norm(w), _sq_norm(s32)
+  ww, ss = dot(w, w), dot(s32, s32)
   scale = jnp.sqrt(ww) / jnp.sqrt(jnp.where(ss > TINY, ss, 1.0))
   scaled = jnp.where(ss > TINY, scale * s32, 0.0)
   return jnp.where(ww > 0, scaled, s32).astype(s.dtype)
 
 
-def normalize_rotation(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransformation:
+def normalize_rotation(
+    *, mask: _layers.MaskOrFn = None, axis_name: _tree.AxisName | None = None
+) -> optax.GradientTransformation:
   r"""Operation 2 of Layca: rescales each layer's step to the norm of its weights.
 
   .. math::
@@ -179,6 +184,7 @@ def normalize_rotation(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransf
 
   Args:
     mask: which leaves are layers (see ``project_orthogonal``).
+    axis_name: see ``project_orthogonal``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -195,7 +201,7 @@ def normalize_rotation(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransf
 
   def update_fn(updates, state, params=None):
     leaves = _prepare(updates, params, mask, "normalize_rotation")
-    return _map_layers(leaves, _normalize_leaf), state
+    return _map_layers(leaves, _normalize_leaf, _tree.reducer(axis_name)), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -226,6 +232,7 @@ def scale_by_layer_rates(
     depth_exponent: float = 5.0,
     layer_order: Sequence[str] | None = None,
     mask: _layers.MaskOrFn = None,
+    axis_name: _tree.AxisName | None = None,
 ) -> optax.GradientTransformation:
   r"""Operation 3 of Layca: multiplies each layer's step by :math:`-\rho_l(t)`.
 
@@ -245,6 +252,7 @@ def scale_by_layer_rates(
     layer_order: layer paths from input to output, e.g. ``forward_order(...)``; default:
       natural order of the paths. Only matters when ``alpha != 0``.
     mask: which leaves are layers (see ``project_orthogonal``).
+    axis_name: see ``project_orthogonal``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -272,12 +280,13 @@ def scale_by_layer_rates(
     leaves = _prepare(updates, params, mask, owner, layer_order)
     rate = _rates.rate_at(learning_rate, state.count)
     rates = layer_rates(rate, leaves.plan, alpha, depth_exponent)
+    dot = _tree.reducer(axis_name)
     out = []
     for s, w, layer, rho_l in zip(
         leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, rates
     ):
       if layer:
-        rho_l = jnp.where(_sq_norm(w) > 0, rho_l, rate)
+        rho_l = jnp.where(dot(w, w) > 0, rho_l, rate)
       out.append((-rho_l * _tree.as_f32(s)).astype(jnp.result_type(s)))
     new_state = ScaleByLayerRatesState(count=optax.safe_increment(state.count))
     return leaves.updates.unflatten(out), new_state
@@ -295,11 +304,14 @@ class ProjectToSphereState(NamedTuple):
   initial_norms: Any
 
 
-def initial_norms(params: Any, plan: _layers.LayerPlan, owner: str) -> Any:
+def initial_norms(
+    params: Any, plan: _layers.LayerPlan, owner: str, axis_name: _tree.AxisName | None
+) -> Any:
   """Float32 norm of each layer leaf (0 for other leaves); warns on zero-norm layers."""
   flat = _tree.flatten(params)
+  dot = _tree.reducer(axis_name)
   norms = [
-      jnp.sqrt(_sq_norm(w)) if layer else jnp.zeros([], jnp.float32)
+      jnp.sqrt(dot(w, w)) if layer else jnp.zeros([], jnp.float32)
       for w, layer in zip(flat.leaves, plan.is_layer)
   ]
   _warn_zero_norms(flat.paths, norms, plan.is_layer, owner)
@@ -321,18 +333,20 @@ def _warn_zero_norms(paths, norms, is_layer, owner: str) -> None:
     )
 
 
-def _sphere_leaf(u: jax.Array, w: jax.Array, norm0: jax.Array) -> jax.Array:
+def _sphere_leaf(u: jax.Array, w: jax.Array, norm0: jax.Array, *, dot) -> jax.Array:
   u32, w32 = _tree.as_f32(u), _tree.as_f32(w)
   moved = w32 + u32
-  norm = jnp.sqrt(_sq_norm(moved))
+  norm = jnp.sqrt(dot(moved, moved))
   projected = moved * safe_ratio(norm0, norm) - w32
   # No step, no sphere (norm0 == 0) or nothing to project (moved == 0): keep u as it is,
   # so a zero step leaves the params bit-identical.
-  keep = (_sq_norm(u32) == 0) | (norm0 == 0) | (norm == 0)
+  keep = (dot(u32, u32) == 0) | (norm0 == 0) | (norm == 0)
   return jnp.where(keep, u32, projected).astype(jnp.result_type(w))
 
 
-def project_to_sphere(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransformation:
+def project_to_sphere(
+    *, mask: _layers.MaskOrFn = None, axis_name: _tree.AxisName | None = None
+) -> optax.GradientTransformation:
   r"""Operation 4 of Layca: puts each layer back on the sphere of its initial norm.
 
   At ``init`` it stores :math:`\|w_0\|` (float32) for each layer; at ``update`` it turns the
@@ -349,6 +363,7 @@ def project_to_sphere(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransfo
 
   Args:
     mask: which leaves are layers (see ``project_orthogonal``).
+    axis_name: see ``project_orthogonal``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -368,11 +383,13 @@ def project_to_sphere(*, mask: _layers.MaskOrFn = None) -> optax.GradientTransfo
   def init_fn(params):
     params = _tree.unwrap(params)
     plan = _layers.plan_layers(_tree.flatten(params), params, mask, None, owner)
-    return ProjectToSphereState(initial_norms=initial_norms(params, plan, owner))
+    return ProjectToSphereState(
+        initial_norms=initial_norms(params, plan, owner, axis_name)
+    )
 
   def update_fn(updates, state, params=None):
     leaves = _prepare(updates, params, mask, owner)
     norms0 = _tree.flatten(state.initial_norms).leaves
-    return _map_layers(leaves, _sphere_leaf, norms0), state
+    return _map_layers(leaves, _sphere_leaf, _tree.reducer(axis_name), norms0), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -9,13 +9,18 @@ leaves and unwrapped, so that a ``State`` of Variables and the ``State`` of arra
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any, NamedTuple
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
 
 __all__: list[str] = []  # private module
+
+#: A mesh axis name, or a tuple of them, as ``jax.lax.psum`` takes.
+AxisName = Union[Hashable, tuple[Hashable, ...]]
 
 
 def is_variable(x: Any) -> bool:
@@ -115,11 +120,21 @@ def as_f32(x: jax.Array) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
-def sum_of_products(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``sum(a * b)`` in float32.
+def sum_of_products(
+    a: jax.Array, b: jax.Array, axis_name: AxisName | None = None
+) -> jax.Array:
+  """``sum(a * b)`` in float32, summed over the named mesh axis ``axis_name`` if given.
 
   Written as an elementwise product and a sum, not ``jnp.vdot``: dot products of float32
   arrays may run at reduced precision on accelerators (TF32, bf16 passes) and ``vdot`` of
   leaves sharded on a 2-D mesh raises, while this form is exact float32 everywhere.
+  Inside ``shard_map`` (or ``pmap``) each device holds a slice of a leaf: ``axis_name``
+  sums the slices' partial results so every device gets the whole leaf's value.
   """
-  return jnp.sum(as_f32(a) * as_f32(b))
+  total = jnp.sum(as_f32(a) * as_f32(b))
+  return total if axis_name is None else jax.lax.psum(total, axis_name)
+
+
+def reducer(axis_name: AxisName | None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``sum_of_products`` bound to ``axis_name``: the one reduction every module uses."""
+  return functools.partial(sum_of_products, axis_name=axis_name)

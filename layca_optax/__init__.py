@@ -20,6 +20,7 @@ from layca_optax._transforms import (
     project_to_sphere,
     scale_by_layer_rates,
 )
+from layca_optax._tree import leaf_paths, leaves_by_path
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "default_mask",
     "forward_order",
     "layca",
+    "leaf_paths",
+    "leaves_by_path",
     "natural_order",
     "normalize_rotation",
     "project_orthogonal",

@@ -24,30 +24,33 @@ __all__ = ["cosine_distance", "rotation_angle"]
 
 
 def _unit_difference_norms(a: jax.Array, b: jax.Array, dot):
-  """``||a^ - b^||^2``, ``||a^ + b^||^2`` and whether both / either norm is zero."""
+  """``||a^ - b^||^2``, ``||a^ + b^||^2``, whether a == b, whether either norm is zero."""
   a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
   aa, bb = dot(a32, a32), dot(b32, b32)
+  # Under jit the two norms of equal leaves may be summed in different orders and differ
+  # in the last bit; counting unequal elements (in the same pass) makes "equal" exact.
+  unequal = jnp.where(a32 != b32, 1.0, 0.0)
   ua = a32 * _transforms.safe_ratio(1.0, jnp.sqrt(aa))
   ub = b32 * _transforms.safe_ratio(1.0, jnp.sqrt(bb))
   diff, total = ua - ub, ua + ub
   return (
       dot(diff, diff),
       dot(total, total),
-      (aa == 0) & (bb == 0),
+      dot(unequal, unequal) == 0,
       (aa == 0) | (bb == 0),
   )
 
 
 def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
-  diff_sq, _, both_zero, any_zero = _unit_difference_norms(a, b, dot)
+  diff_sq, _, equal, any_zero = _unit_difference_norms(a, b, dot)
   # A zero vector has no direction: equal to another zero vector, unrelated to the rest.
-  return jnp.where(any_zero, jnp.where(both_zero, 0.0, 1.0), 0.5 * diff_sq)
+  return jnp.where(equal, 0.0, jnp.where(any_zero, 1.0, 0.5 * diff_sq))
 
 
 def _leaf_angle(a: jax.Array, b: jax.Array, dot) -> jax.Array:
-  diff_sq, sum_sq, both_zero, any_zero = _unit_difference_norms(a, b, dot)
+  diff_sq, sum_sq, equal, any_zero = _unit_difference_norms(a, b, dot)
   angle = 2.0 * jnp.arctan2(jnp.sqrt(diff_sq), jnp.sqrt(sum_sq))
-  return jnp.where(any_zero, jnp.where(both_zero, 0.0, jnp.pi / 2), angle)
+  return jnp.where(equal, 0.0, jnp.where(any_zero, jnp.pi / 2, angle))
 
 
 def _map_pairs(fn, params: Any, other: Any, mask: Any, axis_name, owner: str) -> Any:

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["_layca", "_layers", "_order", "_rotation", "_transforms"]
+MODULES = ["_layca", "_layers", "_order", "_rotation", "_transforms", "_tree"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -18,12 +18,14 @@ def rotated(w, angle, rng):
   return np.linalg.norm(w) * (np.cos(angle) * u + np.sin(angle) * v)
 
 
-def test_identical_leaves_are_at_distance_exactly_zero():
+@pytest.mark.parametrize("shape", [(3, 3, 1, 4), (64, 64), (3,), (3, 3, 32, 64)])
+def test_identical_leaves_are_at_distance_exactly_zero(shape):
   rng = np.random.default_rng(0)
-  params = {"w": rng.normal(size=(64, 64)).astype(np.float32), "b": np.ones(3, np.float32)}
-  distances = jax.jit(lo.cosine_distance)(params, params)
-  assert all(float(d) == 0.0 for d in jax.tree.leaves(distances))
-  assert all(float(a) == 0.0 for a in jax.tree.leaves(lo.rotation_angle(params, params)))
+  params = {"w": rng.normal(size=shape).astype(np.float32)}
+  copy = jax.tree.map(np.copy, params)  # equal values, distinct buffers (as under jit)
+  for fn in (lo.cosine_distance, lo.rotation_angle):
+    for call in (fn, jax.jit(fn)):
+      assert float(call(params, copy)["w"]) == 0.0, (fn.__name__, call)
 
 
 @pytest.mark.parametrize("angle", [1e-4, 1e-3, 0.1, 1.0, 2.5])

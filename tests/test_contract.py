@@ -1,0 +1,453 @@
+"""The optax contract: every Layca optimizer behaves like any other optax optimizer.
+
+In the spirit of ``optax/contrib/_common_test.py``: each optimizer (``layca`` over every
+base the docs name, with and without layer-wise rates, and the chain of the four
+composable transforms) compiles once, keeps its state's types, converges, handles
+bfloat16, and works inside the optax wrappers people put optimizers in
+(``inject_hyperparams``, ``MultiSteps``, ``apply_if_finite``, ``chain``, ``partition``).
+"""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import layca_optax as lo
+
+LR = 0.1
+
+BASES = {
+    "sgd": lambda: None,
+    "momentum": lambda: optax.trace(0.9),
+    "amom": lambda: optax.ema(0.9, debias=False),
+    "adam": optax.scale_by_adam,
+    "rms": optax.scale_by_rms,
+    "adagrad": optax.scale_by_rss,
+}
+
+
+class Case(NamedTuple):
+  make: Callable[[optax.ScalarOrSchedule], optax.GradientTransformation]
+  base: Callable[[], optax.GradientTransformation | None]
+  alpha: float
+
+
+def _layca_case(base_name: str, alpha: float) -> Case:
+  base = BASES[base_name]
+  return Case(lambda lr: lo.layca(lr, base=base(), alpha=alpha), base, alpha)
+
+
+def _chain_case(base_name: str, alpha: float) -> Case:
+  base = BASES[base_name]
+
+  def make(lr):
+    parts = [
+        lo.project_orthogonal(),
+        lo.normalize_rotation(),
+        lo.scale_by_layer_rates(lr, alpha=alpha),
+        lo.project_to_sphere(),
+    ]
+    if base() is not None:
+      parts.insert(0, base())
+    return optax.chain(*parts)
+
+  return Case(make, base, alpha)
+
+
+CASES = {
+    **{
+        f"layca-{b}-alpha{a}": _layca_case(b, a)
+        for b in BASES
+        for a in (0.0, 0.5)
+    },
+    "chain-sgd-alpha0.0": _chain_case("sgd", 0.0),
+    "chain-adam-alpha0.5": _chain_case("adam", 0.5),
+}
+
+# ------------------------------------------------------------------------------------
+# A small tanh network and a teacher with the same kernel norms: Layca keeps the norms
+# of the student's kernels, so the teacher's function is reachable.
+
+
+def _init(key: jax.Array) -> dict[str, Any]:
+  k_hidden, k_out = jax.random.split(key)
+  return {
+      "hidden": {
+          "kernel": jax.random.normal(k_hidden, (4, 16)) / 2.0,
+          "bias": jnp.zeros(16),
+      },
+      "out": {
+          "kernel": jax.random.normal(k_out, (16, 2)) / 4.0,
+          "bias": jnp.zeros(2),
+      },
+  }
+
+
+def _apply(params, x):
+  h = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"][None])
+  return h @ params["out"]["kernel"] + params["out"]["bias"][None]
+
+
+STUDENT = _init(jax.random.key(0))
+X = jax.random.normal(jax.random.key(2), (64, 4))
+
+
+def _teacher():
+  raw = _init(jax.random.key(1))
+  bias_key = jax.random.key(5)
+
+  def fit(t, s):
+    if t.ndim >= 2:
+      return t * jnp.linalg.norm(s) / jnp.linalg.norm(t)
+    return 0.3 * jax.random.normal(bias_key, t.shape)
+
+  return jax.tree.map(fit, raw, STUDENT)
+
+
+Y = _apply(_teacher(), X)
+
+
+def _loss(params):
+  return jnp.mean((_apply(params, X) - Y) ** 2)
+
+
+def _random_like(params, seed: int, scale: float = 1.0):
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(
+      treedef,
+      [scale * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)],
+  )
+
+
+def _kernels(tree):
+  return {k: v["kernel"] for k, v in tree.items()}
+
+
+_rotation_angle = jax.jit(lo.rotation_angle)
+
+
+def _angles(new, old):
+  return {k: float(v) for k, v in _rotation_angle(_kernels(new), _kernels(old)).items()}
+
+
+def _layer_rates(lr: float, alpha: float) -> dict[str, float]:
+  """rho_l per kernel of STUDENT: 'hidden' is layer 0, 'out' layer 1 (natural order)."""
+  m = lo.alpha_multipliers(2, alpha)
+  return {"hidden": m[0] * lr, "out": m[1] * lr}
+
+
+def _shapes_dtypes(tree):
+  return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _step_fn(tx):
+  """One jitted optimizer step: ``(params, state, grads) -> (params, state)``."""
+
+  @jax.jit
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  return step
+
+
+# ------------------------------------------------------------------------------------
+# The contract, for every optimizer.
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_compiles_once_and_state_types_are_stable(name):
+  tx = CASES[name].make(LR)
+  traces = []
+
+  @jax.jit
+  def step(params, state):
+    traces.append(None)
+    grads = jax.grad(_loss)(params)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state0 = tx.init(STUDENT)
+  params1, state1 = step(STUDENT, state0)
+  params2, state2 = step(params1, state1)
+  step(params2, state2)
+
+  assert len(traces) == 1
+  assert jax.tree.structure(state1) == jax.tree.structure(state0)
+  assert jax.tree.structure(state2) == jax.tree.structure(state0)
+  assert _shapes_dtypes(state1) == _shapes_dtypes(state0)
+  assert _shapes_dtypes(state2) == _shapes_dtypes(state0)
+  assert _shapes_dtypes(params2) == _shapes_dtypes(STUDENT)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_eval_shape_of_init_matches_init(name):
+  tx = CASES[name].make(LR)
+  abstract = jax.eval_shape(tx.init, STUDENT)
+  concrete = tx.init(STUDENT)
+  assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == _shapes_dtypes(concrete)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_one_step_on_a_mixed_tree(name):
+  """Kernels rotate by arctan(rho_l) on their sphere; 1-D leaves get -lr * base step."""
+  case = CASES[name]
+  tx = case.make(LR)
+  grads = jax.grad(_loss)(STUDENT)
+  new, _ = _step_fn(tx)(STUDENT, tx.init(STUDENT), grads)
+
+  rates = _layer_rates(LR, case.alpha)
+  angles = _angles(new, STUDENT)
+  for layer in ("hidden", "out"):
+    np.testing.assert_allclose(angles[layer], np.arctan(rates[layer]), rtol=1e-4)
+    np.testing.assert_allclose(
+        jnp.linalg.norm(new[layer]["kernel"]),
+        jnp.linalg.norm(STUDENT[layer]["kernel"]),
+        rtol=1e-6,
+    )
+
+  base = case.base() or optax.identity()
+  base_step, _ = jax.jit(base.update)(grads, base.init(STUDENT), STUDENT)
+  for layer in ("hidden", "out"):
+    np.testing.assert_allclose(
+        new[layer]["bias"] - STUDENT[layer]["bias"],
+        -LR * base_step[layer]["bias"],
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_converges_on_a_teacher_student_problem(name):
+  steps = 300
+  tx = CASES[name].make(optax.cosine_decay_schedule(LR, steps))
+
+  @jax.jit
+  def train(params):
+    def body(carry, _):
+      params, state = carry
+      loss, grads = jax.value_and_grad(_loss)(params)
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), loss
+
+    (params, _), losses = jax.lax.scan(
+        body, (params, tx.init(params)), None, length=steps
+    )
+    return params, losses
+
+  params, losses = train(STUDENT)
+  final = float(_loss(params))
+  assert np.all(np.isfinite(losses))
+  assert final < 1e-2 * float(losses[0])
+  for layer in ("hidden", "out"):
+    np.testing.assert_allclose(
+        jnp.linalg.norm(params[layer]["kernel"]),
+        jnp.linalg.norm(STUDENT[layer]["kernel"]),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bfloat16_in_bfloat16_out(name):
+  tx = CASES[name].make(LR)
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), STUDENT)
+  state = tx.init(params)
+
+  norms0 = [
+      leaf
+      for _, leaf in optax.tree.get_all_with_path(state, "initial_norms")
+  ]
+  assert norms0, "no initial_norms in the state"
+  for tree in norms0:
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree))
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(lambda p: _loss(p).astype(jnp.float32))(params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves((updates, params))]
+    return params, updates, grads, state, jnp.all(jnp.stack(finite))
+
+  for _ in range(5):
+    params, updates, grads, state, finite = step(params, state)
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+    assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params))
+    assert bool(finite)
+
+  for layer in ("hidden", "out"):
+    np.testing.assert_allclose(
+        jnp.linalg.norm(params[layer]["kernel"].astype(jnp.float32)),
+        jnp.linalg.norm(STUDENT[layer]["kernel"]),
+        rtol=1e-2,
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_multi_steps_accumulates_then_takes_one_step(name):
+  case = CASES[name]
+  tx = optax.MultiSteps(case.make(LR), every_k_schedule=3)
+  step = _step_fn(tx)
+  grads = [_random_like(STUDENT, seed) for seed in (10, 11, 12)]
+
+  params, state = STUDENT, tx.init(STUDENT)
+  for g in grads[:2]:
+    params, state = step(params, state, g)
+    for new, old in zip(jax.tree.leaves(params), jax.tree.leaves(STUDENT)):
+      assert np.array_equal(new, old)
+  params, state = step(params, state, grads[2])
+
+  direct = case.make(LR)
+  mean = jax.tree.map(lambda *g: sum(g) / 3, *grads)
+  expected, _ = _step_fn(direct)(STUDENT, direct.init(STUDENT), mean)
+  for new, old in zip(jax.tree.leaves(params), jax.tree.leaves(STUDENT)):
+    assert not np.array_equal(new, old)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      params,
+      expected,
+  )
+
+
+# ------------------------------------------------------------------------------------
+# inject_hyperparams
+
+
+@pytest.mark.parametrize("base_name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_inject_hyperparams_matches_the_direct_call(base_name, alpha):
+  base = BASES[base_name]
+  injected = optax.inject_hyperparams(lo.layca)(
+      learning_rate=LR, alpha=alpha, base=base()
+  )
+  direct = lo.layca(LR, alpha=alpha, base=base())
+  step_i, step_d = _step_fn(injected), _step_fn(direct)
+
+  p_i, s_i = STUDENT, injected.init(STUDENT)
+  p_d, s_d = STUDENT, direct.init(STUDENT)
+  for _ in range(3):
+    grads = jax.grad(_loss)(p_d)
+    p_i, s_i = step_i(p_i, s_i, grads)
+    p_d, s_d = step_d(p_d, s_d, grads)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), p_i, p_d
+  )
+  assert not np.array_equal(p_d["out"]["kernel"], STUDENT["out"]["kernel"])
+
+
+def test_inject_hyperparams_new_learning_rate_sets_the_angle():
+  tx = optax.inject_hyperparams(lo.layca)(learning_rate=LR, base=optax.trace(0.9))
+  step = _step_fn(tx)
+  grads = jax.grad(_loss)(STUDENT)
+
+  params, state = step(STUDENT, tx.init(STUDENT), grads)
+  for angle in _angles(params, STUDENT).values():
+    np.testing.assert_allclose(angle, np.arctan(LR), rtol=1e-4)
+
+  new_lr = 0.3
+  state.hyperparams["learning_rate"] = jnp.asarray(new_lr, jnp.float32)
+  new_params, state = step(params, state, jax.grad(_loss)(params))
+  for angle in _angles(new_params, params).values():
+    np.testing.assert_allclose(angle, np.arctan(new_lr), rtol=1e-4)
+  np.testing.assert_allclose(state.hyperparams["learning_rate"], new_lr)
+
+
+def test_inject_hyperparams_new_alpha_sets_the_layer_rates():
+  tx = optax.inject_hyperparams(lo.layca)(learning_rate=LR, alpha=0.0)
+  step = _step_fn(tx)
+  state = tx.init(STUDENT)
+  state.hyperparams["alpha"] = jnp.asarray(0.5, jnp.float32)
+  params, _ = step(STUDENT, state, jax.grad(_loss)(STUDENT))
+  angles = _angles(params, STUDENT)
+  for layer, rate in _layer_rates(LR, 0.5).items():
+    np.testing.assert_allclose(angles[layer], np.arctan(rate), rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------
+# Schedules, apply_if_finite, chain, partition
+
+
+def test_schedule_sets_the_angle_of_each_step():
+  tx = lo.layca(optax.piecewise_constant_schedule(0.1, {2: 0.1}))
+  step = _step_fn(tx)
+  params, state = STUDENT, tx.init(STUDENT)
+  expected = [0.1, 0.1, 0.01, 0.01]
+  for rate in expected:
+    new, state = step(params, state, jax.grad(_loss)(params))
+    for angle in _angles(new, params).values():
+      np.testing.assert_allclose(angle, np.arctan(rate), rtol=1e-4)
+    params = new
+
+
+def test_apply_if_finite_skips_a_nan_step():
+  tx = optax.apply_if_finite(
+      lo.layca(LR, base=optax.trace(0.9)), max_consecutive_errors=5
+  )
+  step = _step_fn(tx)
+  nan_grads = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), STUDENT)
+
+  params, state = step(STUDENT, tx.init(STUDENT), nan_grads)
+  for new, old in zip(jax.tree.leaves(params), jax.tree.leaves(STUDENT)):
+    assert np.array_equal(new, old)
+  assert int(state.notfinite_count) == 1
+
+  grads = jax.grad(_loss)(STUDENT)
+  params, state = step(params, state, grads)
+  assert int(state.notfinite_count) == 0
+  # The NaN step left the inner state alone: this is layca's very first step.
+  direct = lo.layca(LR, base=optax.trace(0.9))
+  expected, _ = _step_fn(direct)(STUDENT, direct.init(STUDENT), grads)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      params,
+      expected,
+  )
+  for angle in _angles(params, STUDENT).values():
+    np.testing.assert_allclose(angle, np.arctan(LR), rtol=1e-4)
+
+
+def test_chain_after_gradient_clipping():
+  tx = optax.chain(optax.clip_by_global_norm(1.0), lo.layca(LR))
+  grads = _random_like(STUDENT, seed=3, scale=100.0)
+  params, _ = _step_fn(tx)(STUDENT, tx.init(STUDENT), grads)
+
+  for angle in _angles(params, STUDENT).values():
+    np.testing.assert_allclose(angle, np.arctan(LR), rtol=1e-4)
+  global_norm = optax.tree.norm(grads)
+  assert global_norm > 1.0
+  for layer in ("hidden", "out"):
+    np.testing.assert_allclose(
+        params[layer]["bias"] - STUDENT[layer]["bias"],
+        -LR * grads[layer]["bias"] / global_norm,
+        rtol=1e-4,
+        atol=1e-7,
+    )
+
+
+def test_partition_freezes_the_non_kernels():
+  labels = jax.tree.map(lambda x: "layca" if x.ndim >= 2 else "frozen", STUDENT)
+  tx = optax.partition(
+      {"layca": lo.layca(LR), "frozen": optax.set_to_zero()}, labels
+  )
+  step = _step_fn(tx)
+  params, state = STUDENT, tx.init(STUDENT)
+  for _ in range(3):
+    new, state = step(params, state, jax.grad(_loss)(params))
+    for angle in _angles(new, params).values():
+      np.testing.assert_allclose(angle, np.arctan(LR), rtol=1e-4)
+    params = new
+
+  for layer in ("hidden", "out"):
+    assert np.array_equal(params[layer]["bias"], STUDENT[layer]["bias"])
+    np.testing.assert_allclose(
+        jnp.linalg.norm(params[layer]["kernel"]),
+        jnp.linalg.norm(STUDENT[layer]["kernel"]),
+        rtol=1e-6,
+    )

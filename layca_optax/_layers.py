@@ -52,18 +52,24 @@ def resolve_mask(mask: MaskOrFn, params: Any, owner: str) -> tuple[bool, ...]:
   if callable(mask):
     mask = mask(params)
   try:
-    full = jax.tree.map(
-        lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params,
-        is_leaf=lambda x: x is None,
-    )
+    full = _broadcast_prefix(mask, params)
   except (ValueError, TypeError) as e:
-    raise ValueError(
-        f"{owner}: `mask` must be a pytree of bools with the structure of the params (or "
-        "a prefix of it: one bool for a whole subtree), or a callable params -> such a "
-        f"pytree. Its structure does not fit the params:\n  mask:   "
-        f"{jax.tree.structure(mask)}\n  params: {jax.tree.structure(params)}\nFor "
-        "example mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)."
-    ) from e
+    # A plain-dict mask for a Flax NNX State: match it against the State's pure dict,
+    # which has the same keys and flattens in the same order.
+    pure, full = _tree.nnx_pure_dict(params), None
+    if pure is not None:
+      try:
+        full = _broadcast_prefix(mask, pure)
+      except (ValueError, TypeError):
+        pass
+    if full is None:
+      raise ValueError(
+          f"{owner}: `mask` must be a pytree of bools with the structure of the params (or "
+          "a prefix of it: one bool for a whole subtree), or a callable params -> such a "
+          f"pytree. Its structure does not fit the params:\n  mask:   "
+          f"{jax.tree.structure(mask)}\n  params: {jax.tree.structure(params)}\nFor "
+          "example mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)."
+      ) from e
   flags = []
   for path, flag in zip(_tree.leaf_paths(params), jax.tree.leaves(full)):
     try:
@@ -74,6 +80,14 @@ def resolve_mask(mask: MaskOrFn, params: Any, owner: str) -> tuple[bool, ...]:
           "Python bools computed from shapes or paths, not from values."
       ) from e
   return tuple(flags)
+
+
+def _broadcast_prefix(mask: Any, params: Any) -> Any:
+  """Each leaf of ``params`` paired with the bool of the ``mask`` leaf above it."""
+  return jax.tree.map(
+      lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params,
+      is_leaf=lambda x: x is None,
+  )
 
 
 def check_layer_dtypes(flat: _tree.Flat, is_layer: Sequence[bool], owner: str) -> None:
@@ -148,6 +162,11 @@ def _ordered_layers(
 def check_alpha(alpha: Any, owner: str) -> None:
   """Raises for a concrete alpha outside ``[-1, 1]`` (traced values are clipped later)."""
   value = concrete_float(alpha)
+  if value is None and not isinstance(alpha, jax.core.Tracer):
+    raise TypeError(
+        f"{owner}: alpha must be a number in [-1, 1], got {alpha!r}. For example "
+        "alpha=0.6 (or alpha=0.0, the paper's best, for the same rate in every layer)."
+    )
   if value is not None and not -1.0 <= value <= 1.0:
     raise ValueError(
         f"{owner}: alpha must be in [-1, 1] (negative: the first layers rotate fastest; "
@@ -158,7 +177,8 @@ def check_alpha(alpha: Any, owner: str) -> None:
 
 def concrete_float(x: Any) -> float | None:
   """``float(x)`` when ``x`` is a concrete number, ``None`` when it is traced."""
-  if isinstance(x, jax.core.Tracer):
+  # float('0.1') would parse a string: a number given as text is a bug to report.
+  if isinstance(x, (jax.core.Tracer, str, bytes)):
     return None
   try:
     return float(x)

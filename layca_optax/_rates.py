@@ -34,5 +34,16 @@ def check_learning_rate(learning_rate: Any, owner: str) -> None:
 
 def rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Array:
   """rho(t) as a float32 scalar: the schedule at ``count``, or the constant."""
-  rate = learning_rate(count) if callable(learning_rate) else learning_rate
+  if not callable(learning_rate):
+    return jnp.asarray(learning_rate, jnp.float32)
+  rate = learning_rate(count)
+  # Outside jit the schedule's value is known: check it as the constructor checks a
+  # constant (a negative rate would rotate uphill). Under jit it is traced: no check.
+  value = _layers.concrete_float(rate)
+  if value is not None and not 0.0 <= value < float("inf"):
+    raise ValueError(
+        f"The learning-rate schedule returned {value} at step {int(count)}; Layca needs "
+        "a finite rate >= 0 (tan of the angle per step). Check the schedule, e.g. "
+        "optax.piecewise_constant_schedule(3**-3, {8000: 0.2}) never goes below 0."
+    )
   return jnp.asarray(rate, jnp.float32)

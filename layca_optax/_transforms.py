@@ -314,8 +314,25 @@ def initial_norms(
       jnp.sqrt(dot(w, w)) if layer else jnp.zeros([], jnp.float32)
       for w, layer in zip(flat.leaves, plan.is_layer)
   ]
+  _warn_single_elements(flat, plan.is_layer, owner)
   _warn_zero_norms(flat.paths, norms, plan.is_layer, owner)
   return flat.unflatten(norms)
+
+
+def _warn_single_elements(flat: _tree.Flat, is_layer, owner: str) -> None:
+  single = [
+      path
+      for path, w, layer in zip(flat.paths, flat.leaves, is_layer)
+      if layer and jnp.size(w) == 1
+  ]
+  if single:
+    warnings.warn(
+        f"{owner}: layer leaves {single} have a single element. A one-element vector has "
+        "no direction to rotate to (every step is parallel to it), so Layca never changes "
+        "them. Exclude them from the layers with `mask=` (they then get "
+        "-learning_rate * step), or freeze them on purpose with optax.partition.",
+        stacklevel=3,
+    )
 
 
 def _warn_zero_norms(paths, norms, is_layer, owner: str) -> None:

@@ -38,6 +38,14 @@ def unwrap(tree: Any) -> Any:
   )
 
 
+def nnx_pure_dict(tree: Any) -> dict | None:
+  """A Flax NNX ``State`` as nested plain dicts (same leaves, same order); else None."""
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None or not isinstance(tree, nnx.State):
+    return None
+  return nnx.to_pure_dict(tree)
+
+
 def _value(variable: Any) -> Any:
   get_value = getattr(variable, "get_value", None)  # Flax >= 0.11; `.value` before.
   return get_value() if get_value is not None else variable.value
@@ -67,8 +75,33 @@ def flatten(tree: Any) -> Flat:
 
 
 def leaf_paths(tree: Any) -> list[str]:
-  """The path of every leaf of ``tree``, in JAX's flattening order."""
+  """The path of every leaf of ``tree``, in JAX's flattening order.
+
+  Paths join keys with ``'/'``; Flax NNX Variables count as leaves. These are the strings
+  ``layer_order``, ``forward_order`` and ``natural_order`` use.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import leaf_paths
+    >>> leaf_paths({'Dense_0': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}})
+    ['Dense_0/bias', 'Dense_0/kernel']
+  """
   return list(flatten(tree).paths)
+
+
+def leaves_by_path(tree: Any) -> dict[str, Any]:
+  """``{path: leaf}`` for every leaf of ``tree`` (``None`` leaves are skipped).
+
+  Handy to read per-layer results such as ``cosine_distance(...)`` by name.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import leaves_by_path
+    >>> leaves_by_path({'a': {'w': 1.0}, 'b': [2.0, None]})
+    {'a/w': 1.0, 'b/0': 2.0}
+  """
+  flat = flatten(tree)
+  return dict(zip(flat.paths, flat.leaves))
 
 
 def check_params(params: Any, owner: str) -> None:
@@ -116,7 +149,23 @@ def check_same_structure(
 
 
 def as_f32(x: jax.Array) -> jax.Array:
-  """``x`` in float32 (the precision of every Layca reduction, whatever the param dtype)."""
+  """``x`` in float32 (the precision of every Layca reduction, whatever the param dtype).
+
+  Complex leaves (never layers, but they may be biases or other non-layer leaves) become
+  complex64 rather than losing their imaginary part. The ``float0`` gradient that
+  ``jax.grad(..., allow_int=True)`` gives an integer leaf has no values: it raises.
+  """
+  dtype = jnp.result_type(x)
+  if dtype == jax.dtypes.float0:
+    raise TypeError(
+        "Got a float0 gradient (what jax.grad(..., allow_int=True) returns for an "
+        "integer leaf); it has no values to step with. Differentiate with respect to the "
+        "floating-point leaves only, or give the integer leaves a zero update with "
+        "optax.partition({'train': tx, 'frozen': optax.set_to_zero()}, labels) and "
+        "float gradients."
+    )
+  if jnp.issubdtype(dtype, jnp.complexfloating):
+    return jnp.asarray(x, jnp.complex64)
   return jnp.asarray(x, jnp.float32)
 
 
@@ -128,11 +177,57 @@ def sum_of_products(
   Written as an elementwise product and a sum, not ``jnp.vdot``: dot products of float32
   arrays may run at reduced precision on accelerators (TF32, bf16 passes) and ``vdot`` of
   leaves sharded on a 2-D mesh raises, while this form is exact float32 everywhere.
+  Complex leaves count as real vectors of twice the length: ``sum(real(a * conj(b)))``.
   Inside ``shard_map`` (or ``pmap``) each device holds a slice of a leaf: ``axis_name``
-  sums the slices' partial results so every device gets the whole leaf's value.
+  sums the slices' partial results so every device gets the whole leaf's value (over the
+  axes the leaf is sharded on, see ``summed_axes``).
   """
-  total = jnp.sum(as_f32(a) * as_f32(b))
-  return total if axis_name is None else jax.lax.psum(total, axis_name)
+  a, b = as_f32(a), as_f32(b)
+  if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
+    # The real inner product of C^n seen as R^2n: norms and angles stay real.
+    total = jnp.sum(jnp.real(a * jnp.conj(b)))
+  else:
+    total = jnp.sum(a * b)
+  if axis_name is None:
+    return total
+  axes = summed_axes(total, axis_name)
+  return jax.lax.psum(total, axes) if axes else total
+
+
+def _varying_axes(x: Any) -> frozenset | None:
+  """The mesh axes over which ``x`` varies inside ``shard_map``; ``None`` if unknown.
+
+  JAX tracks it in the abstract value (``vma`` in jax 0.6-0.9, ``manual_axis_type``
+  later) unless ``shard_map(..., check_vma=False)``, ``pmap`` or ``vmap``, where every
+  set is empty.
+  """
+  typeof = getattr(jax, "typeof", None)
+  if typeof is None:
+    return None
+  aval = typeof(x)
+  varying = getattr(aval, "vma", None)
+  if varying is None:
+    varying = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+  return None if varying is None else frozenset(varying)
+
+
+def summed_axes(total: jax.Array, axis_name: AxisName) -> tuple[Hashable, ...]:
+  """The axes of ``axis_name`` that ``psum`` must sum ``total``'s partial results over.
+
+  A leaf replicated over a named axis (a bias next to sharded kernels) already holds its
+  whole value there: summing its copies would count it once per device, and ``psum``
+  over a mix of axes a value does and does not vary over raises. Where JAX tracks which
+  axes vary (``shard_map``'s default ``check_vma=True``) only those axes are summed;
+  where it does not (``check_vma=False``, ``pmap``, ``vmap``) every named axis is, and each
+  device must hold a distinct slice.
+  """
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+  varying = _varying_axes(total)
+  if varying is None:
+    return names
+  # jax.lax.axis_index varies over its axis exactly when JAX tracks that axis.
+  tracked = lambda name: name in (_varying_axes(jax.lax.axis_index(name)) or ())
+  return tuple(n for n in names if n in varying or not tracked(n))
 
 
 def reducer(axis_name: AxisName | None) -> Callable[[jax.Array, jax.Array], jax.Array]:

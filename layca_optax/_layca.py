@@ -17,8 +17,9 @@ together) and one elementwise pass, using two identities of Algorithm 1:
 When :math:`s` is nearly parallel to :math:`w` (:math:`\|p\|^2 < 10^{-2}\, s \cdot s`) the
 difference :math:`s \cdot s - k\,(s \cdot w)` and the two terms of :math:`u` cancel in
 float32; those layers take an exact path instead, which forms :math:`p` and measures
-:math:`\|w - \beta p\|` (two more passes, in a ``lax.cond``, so the common case does not pay
-for them).
+:math:`\|w - \beta p\|` (two more passes, in a per-layer ``lax.cond`` that returns the two
+scalars of :math:`u = a w + b s`, so the common case does not pay for them and the one
+elementwise pass stays fused with ``optax.apply_updates``).
 """
 
 from __future__ import annotations
@@ -62,33 +63,81 @@ def _coefficients(ww, perp_sq, ss, norm0, rho_l) -> _Coefficients:
   return _Coefficients(active, beta, gamma)
 
 
-def _rotate_leaf(s, w, norm0, rho_l, rho, *, dot):
-  """The Layca update of one layer leaf, in the dtype of ``w``."""
+class _Sums(NamedTuple):
+  """The one reduction pass over a layer: float32 scalars."""
+
+  ww: jax.Array  # w . w
+  sw: jax.Array  # s . w
+  ss: jax.Array  # s . s
+
+  @property
+  def k(self) -> jax.Array:  # s . w / w . w: p = s - k w
+    return _transforms.safe_ratio(self.sw, self.ww)
+
+  @property
+  def nearly_parallel(self) -> jax.Array:  # ||p||^2 from the sums has cancelled
+    return (self.ss - self.k * self.sw) < _CANCELLATION_RATIO * self.ss
+
+
+def _layer_sums(s, w, *, dot) -> _Sums:
   s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  ww, sw, ss = dot(w32, w32), dot(s32, w32), dot(s32, s32)
-  k = _transforms.safe_ratio(sw, ww)
+  return _Sums(dot(w32, w32), dot(s32, w32), dot(s32, s32))
+
+
+def _step_coefficients(sums: _Sums, norm0, rho_l, rho):
+  """(a, b) of the update u = a w + b s, from the sums alone (the common case)."""
+  k = sums.k
+  c = _coefficients(sums.ww, sums.ss - k * sums.sw, sums.ss, norm0, rho_l)
   # A zero-norm layer is stepped like a non-layer leaf: -rho(t) s.
-  plain = jnp.where(ww > 0, 0.0, -rho)
+  plain = jnp.where(sums.ww > 0, 0.0, -rho)
+  a = jnp.where(c.active, c.gamma * (1.0 + c.beta * k) - 1.0, 0.0)
+  b = jnp.where(c.active, -c.gamma * c.beta, plain)
+  return a, b
 
-  def one_pass():
-    c = _coefficients(ww, ss - k * sw, ss, norm0, rho_l)
-    a = jnp.where(c.active, c.gamma * (1.0 + c.beta * k) - 1.0, 0.0)
-    b = jnp.where(c.active, -c.gamma * c.beta, plain)
-    return a * w32 + b * s32
 
-  def explicit():
-    # Here float32 leaves p orthogonal to w only up to eps ||s|| / ||p||, so the norm
-    # identity behind gamma is off too: measure ||w - beta p|| instead.
-    perp = s32 - k * w32
-    c = _coefficients(ww, dot(perp, perp), ss, norm0, rho_l)
-    moved = w32 - c.beta * perp
-    to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(dot(moved, moved)))
-    rotated = jnp.where(norm0 > 0, to_sphere, 1.0) * moved - w32
-    return jnp.where(c.active, rotated, plain * s32)
+def _exact_coefficients(s, w, sums: _Sums, norm0, rho_l, rho, *, dot):
+  """(a, b) for a step nearly parallel to w: ||p|| and ||w - beta p|| measured."""
+  # Here float32 leaves p orthogonal to w only up to eps ||s|| / ||p||, so the norm
+  # identity behind gamma is off too: measure ||w - beta p|| instead.
+  s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
+  k = sums.k
+  perp = s32 - k * w32
+  c = _coefficients(sums.ww, dot(perp, perp), sums.ss, norm0, rho_l)
+  moved = w32 - c.beta * perp  # = (1 + beta k) w - beta s
+  to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(dot(moved, moved)))
+  to_sphere = jnp.where(norm0 > 0, to_sphere, 1.0)
+  plain = jnp.where(sums.ww > 0, 0.0, -rho)
+  a = jnp.where(c.active, to_sphere * (1.0 + c.beta * k) - 1.0, 0.0)
+  b = jnp.where(c.active, -to_sphere * c.beta, plain)
+  return a, b
 
-  nearly_parallel = (ss - k * sw) < _CANCELLATION_RATIO * ss
-  update = jax.lax.cond(nearly_parallel, explicit, one_pass)
-  return update.astype(jnp.result_type(w))
+
+def _layer_coefficients(steps, weights, sums, norms0, rates, rho, *, dot):
+  """(a, b) of every layer, such that its update is ``a w + b s``.
+
+  Each layer has its own ``lax.cond``, on scalars only: the rare exact path (a step
+  nearly parallel to the weights) measures two more norms, the common path costs nothing.
+  The elementwise pass stays outside the conds, fused with ``apply_updates`` and free to
+  reuse donated buffers. (Measured on XLA:CPU: a cond whose branches return the updated
+  arrays, or one cond for the whole tree selecting per-layer vectors, costs 2.5 to 3
+  times more per step.)
+  """
+
+  def exact(s, w, m, n0, r, fast):
+    del fast
+    return _exact_coefficients(s, w, m, n0, r, rho, dot=dot)
+
+  def one_pass(s, w, m, n0, r, fast):
+    del s, w, m, n0, r
+    return fast
+
+  return [
+      jax.lax.cond(
+          m.nearly_parallel, exact, one_pass,
+          s, w, m, n0, r, _step_coefficients(m, n0, r, rho),
+      )
+      for s, w, m, n0, r in zip(steps, weights, sums, norms0, rates)
+  ]
 
 
 def _rotate_layers(
@@ -119,14 +168,18 @@ def _rotate_layers(
     rho = _rates.rate_at(learning_rate, state.count)
     rates = _transforms.layer_rates(rho, plan, alpha, depth_exponent)
     norms0 = _tree.flatten(state.initial_norms).leaves
-    out = [
-        _rotate_leaf(s, w, n0, rho_l, rho, dot=dot)
-        if layer
-        else (-rho * _tree.as_f32(s)).astype(jnp.result_type(s))
-        for s, w, n0, rho_l, layer in zip(
-            flat_s.leaves, flat_w.leaves, norms0, rates, plan.is_layer
-        )
-    ]
+    layers = [i for i, layer in enumerate(plan.is_layer) if layer]
+    steps = [flat_s.leaves[i] for i in layers]
+    weights = [flat_w.leaves[i] for i in layers]
+    sums = [_layer_sums(s, w, dot=dot) for s, w in zip(steps, weights)]
+    coefficients = _layer_coefficients(
+        steps, weights, sums, [norms0[i] for i in layers], [rates[i] for i in layers],
+        rho, dot=dot,
+    )
+    # Non-layer leaves: -rho(t) s.
+    out = [(-rho * _tree.as_f32(s)).astype(jnp.result_type(s)) for s in flat_s.leaves]
+    for i, s, w, (a, b) in zip(layers, steps, weights, coefficients):
+      out[i] = (a * _tree.as_f32(w) + b * _tree.as_f32(s)).astype(jnp.result_type(w))
     new_state = LaycaState(optax.safe_increment(state.count), state.initial_norms)
     return flat_s.unflatten(out), new_state
 

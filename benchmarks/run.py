@@ -1,0 +1,489 @@
+"""The benchmark harness: optimizer step time, compile time and state size, side by side.
+
+    python -m benchmarks.run            # the full suite (about 10 minutes on 2 CPU cores)
+    python -m benchmarks.run --quick    # tiny trees, a few rounds: seconds
+
+What is timed, for each optimizer: a jitted ``step(params, opt_state, grads)`` that runs
+``tx.update`` and ``optax.apply_updates``, with ``donate_argnums=(0, 1)`` and fixed random
+gradients. Candidates are timed in alternating rounds (A B C A B C ...), each round a batch
+of calls after a warm-up, and every figure is the median over rounds of (candidate time /
+``optax.sgd(momentum=0.9)`` time in the same round), so that the machine's drift cancels.
+Compile time is ``jax.jit(step).lower(...).compile()``; state bytes are summed over
+``jax.eval_shape(tx.init, params)``. The end-to-end part times a full forward, backward and
+update step of the C10-CNN1 model. The results print as tables and are written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import layca_optax as lo
+from benchmarks import trees
+
+REFERENCE = "sgd_momentum"
+LR = 3.0**-3
+
+
+def _chain(lr):
+  return optax.chain(
+      lo.project_orthogonal(),
+      lo.normalize_rotation(),
+      lo.scale_by_layer_rates(lr),
+      lo.project_to_sphere(),
+  )
+
+
+#: name -> optimizer factory. Every one is an optax transform timed through `_make_step`.
+OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "sgd": lambda: optax.sgd(LR),
+    "sgd_momentum": lambda: optax.sgd(LR, momentum=0.9),
+    "lars": lambda: optax.lars(LR),
+    "adam": lambda: optax.adam(LR),
+    "layca": lambda: lo.layca(LR),
+    "layca_momentum": lambda: lo.layca(LR, base=optax.trace(0.9)),
+    "layca_adam": lambda: lo.layca(LR, base=optax.scale_by_adam()),
+    "composable_chain": lambda: _chain(LR),
+}
+
+#: Measurements that are not optimizer steps, timed in the same rounds.
+MEASUREMENTS = ("cosine_distance",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  rounds: int  # alternating rounds per tree
+  round_seconds: float  # target duration of one candidate's batch of calls in a round
+  warmup_calls: int
+  compile_repeats: int
+  e2e_batch: int
+  e2e_image: int
+  e2e_width: int  # channel divisor of the end-to-end model
+  e2e_rounds: int
+
+
+FULL = Settings(
+    rounds=15, round_seconds=0.4, warmup_calls=3, compile_repeats=1,
+    e2e_batch=32, e2e_image=32, e2e_width=1, e2e_rounds=9,
+)
+QUICK = Settings(
+    rounds=2, round_seconds=0.002, warmup_calls=1, compile_repeats=1,
+    e2e_batch=2, e2e_image=8, e2e_width=8, e2e_rounds=2,
+)
+
+
+# -- candidates ---------------------------------------------------------------------------
+
+
+def _make_step(tx: optax.GradientTransformation):
+  def step(params, opt_state, grads):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return step
+
+
+def _tree_bytes(tree) -> int:
+  return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _compile(fn, args, donate, repeats: int):
+  """``jax.jit(fn).lower(*args).compile()``: the executable and the median seconds it took."""
+  times, compiled = [], None
+  for _ in range(repeats):
+    # A fresh Python function each time: no jit cache hit, a real trace + lower + compile.
+    fresh = lambda *a, _fn=fn: _fn(*a)  # noqa: E731
+    start = time.perf_counter()
+    compiled = jax.jit(fresh, donate_argnums=donate).lower(*args).compile()
+    times.append(time.perf_counter() - start)
+  return compiled, statistics.median(times)
+
+
+class Candidate:
+  """One thing to time: ``run(n)`` makes ``n`` calls and waits for the result."""
+
+  name: str
+  compile_s: float
+  state_bytes: int | None
+
+  def run(self, n: int) -> None:
+    raise NotImplementedError
+
+
+class OptimizerCandidate(Candidate):
+
+  def __init__(self, name, tx, params_np, grads, settings: Settings):
+    self.name = name
+    params = jax.tree.map(jnp.array, params_np)  # its own copy: the buffers get donated
+    state = tx.init(params)
+    step = _make_step(tx)
+    self.state_bytes = _tree_bytes(jax.eval_shape(tx.init, params))
+    self._step, self.compile_s = _compile(
+        step, (params, state, grads), (0, 1), settings.compile_repeats
+    )
+    self._params, self._state, self._grads = params, state, grads
+
+  def run(self, n: int) -> None:
+    params, state, grads = self._params, self._state, self._grads
+    for _ in range(n):
+      params, state = self._step(params, state, grads)
+    jax.block_until_ready((params, state))
+    self._params, self._state = params, state
+
+
+class FunctionCandidate(Candidate):
+  """A jitted function of fixed arguments, nothing donated (e.g. ``cosine_distance``)."""
+
+  def __init__(self, name, fn, args, settings: Settings):
+    self.name = name
+    self.state_bytes = None
+    self._fn, self.compile_s = _compile(fn, args, (), settings.compile_repeats)
+    self._args = args
+
+  def run(self, n: int) -> None:
+    out = None
+    for _ in range(n):
+      out = self._fn(*self._args)
+    jax.block_until_ready(out)
+
+
+def _cosine_distance_candidate(params_np, settings):
+  params = jax.tree.map(jnp.array, params_np)
+  moved = jax.tree.map(lambda x: x * 1.01 + 0.001, params)
+  return FunctionCandidate(
+      "cosine_distance", lambda p, p0: lo.cosine_distance(p, p0), (moved, params), settings
+  )
+
+
+# -- timing -------------------------------------------------------------------------------
+
+
+def time_alternating(
+    candidates: list[Candidate], reference: str, settings: Settings, rounds: int
+) -> dict[str, dict[str, float]]:
+  """Median seconds per call and median ratio to ``reference`` over alternating rounds."""
+  for c in candidates:
+    c.run(settings.warmup_calls)
+  ref = next(c for c in candidates if c.name == reference)
+  start = time.perf_counter()
+  ref.run(1)
+  per_call = max(time.perf_counter() - start, 1e-6)
+  calls = max(1, round(settings.round_seconds / per_call))
+  seconds: dict[str, list[float]] = {c.name: [] for c in candidates}
+  for r in range(rounds):
+    # Rotate the order each round so that no candidate always follows the same one.
+    order = candidates[r % len(candidates):] + candidates[:r % len(candidates)]
+    for c in order:
+      start = time.perf_counter()
+      c.run(calls)
+      seconds[c.name].append((time.perf_counter() - start) / calls)
+  out = {}
+  for c in candidates:
+    ratios = [t / t_ref for t, t_ref in zip(seconds[c.name], seconds[reference])]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
+    out[c.name] = {
+        "step_ms": 1e3 * statistics.median(seconds[c.name]),
+        "ratio": statistics.median(ratios),
+        "ratio_q1": q1,
+        "ratio_q3": q3,
+    }
+  out["_calls_per_round"] = calls
+  return out
+
+
+def bench_tree(
+    name: str, params_np, settings: Settings, log, only: list[str] | None = None
+) -> dict[str, Any]:
+  grads = jax.tree.map(jnp.array, trees.random_like(params_np))
+  wanted = lambda n: only is None or n in only or n == REFERENCE  # noqa: E731
+  candidates: list[Candidate] = []
+  for opt_name, factory in OPTIMIZERS.items():
+    if wanted(opt_name):
+      log(f"  compiling {opt_name}")
+      candidates.append(OptimizerCandidate(opt_name, factory(), params_np, grads, settings))
+  if wanted("cosine_distance"):
+    log("  compiling cosine_distance")
+    candidates.append(_cosine_distance_candidate(params_np, settings))
+  log(f"  timing {len(candidates)} candidates x {settings.rounds} rounds")
+  timing = time_alternating(candidates, REFERENCE, settings, settings.rounds)
+  calls = timing.pop("_calls_per_round")
+  ref = next(c for c in candidates if c.name == REFERENCE)
+  result = {
+      "leaves": trees.count_leaves(params_np),
+      "params": trees.count_params(params_np),
+      "param_bytes": 4 * trees.count_params(params_np),
+      "calls_per_round": calls,
+      "candidates": {},
+  }
+  for c in candidates:
+    entry = dict(timing[c.name])
+    entry["compile_s"] = c.compile_s
+    entry["compile_ratio"] = c.compile_s / ref.compile_s
+    entry["state_bytes"] = c.state_bytes
+    result["candidates"][c.name] = entry
+  result["layca_extra_state_bytes"] = _layca_extra_state(params_np)
+  return result
+
+
+def _layca_extra_state(params_np) -> dict[str, int]:
+  """State bytes of layca beyond its base optimizer's, for each base."""
+  params = jax.tree.map(jnp.array, params_np)
+  out = {}
+  for name, base in [("none", None), ("trace", optax.trace(0.9)),
+                     ("adam", optax.scale_by_adam())]:
+    full = _tree_bytes(jax.eval_shape(lo.layca(LR, base=base).init, params))
+    base_bytes = 0 if base is None else _tree_bytes(jax.eval_shape(base.init, params))
+    out[name] = full - base_bytes
+  return out
+
+
+# -- end to end: the C10-CNN1 model -------------------------------------------------------
+
+
+def c10_cnn1_loss(params, x, y):
+  """C10-CNN1 forward pass: conv -> ReLU -> BatchNorm without scale/offset, 4 stages."""
+  h = x
+  for stage in range(4):
+    for i in range(6):
+      k = params[f"stage{stage}_conv{i}"]["kernel"]
+      h = jax.lax.conv_general_dilated(
+          h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      h = jax.nn.relu(h)
+      mean = jnp.mean(h, axis=(0, 1, 2), keepdims=True)
+      var = jnp.var(h, axis=(0, 1, 2), keepdims=True)
+      h = (h - mean) * jax.lax.rsqrt(var + 1e-5)
+    if stage < 3:
+      h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  h = jnp.mean(h, axis=(1, 2))
+  logits = h @ params["dense"]["kernel"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+class TrainStepCandidate(Candidate):
+
+  def __init__(self, name, tx, params_np, x, y, settings: Settings):
+    self.name = name
+    params = jax.tree.map(jnp.array, params_np)
+    state = tx.init(params)
+
+    def step(params, opt_state, x, y):
+      grads = jax.grad(c10_cnn1_loss)(params, x, y)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    self.state_bytes = _tree_bytes(jax.eval_shape(tx.init, params))
+    self._step, self.compile_s = _compile(step, (params, state, x, y), (0, 1), 1)
+    self._params, self._state, self._x, self._y = params, state, x, y
+
+  def run(self, n: int) -> None:
+    params, state = self._params, self._state
+    for _ in range(n):
+      params, state = self._step(params, state, self._x, self._y)
+    jax.block_until_ready((params, state))
+    self._params, self._state = params, state
+
+
+def bench_end_to_end(settings: Settings, log) -> dict[str, Any]:
+  params_np = trees.c10_cnn1(width=settings.e2e_width)
+  rng = np.random.default_rng(0)
+  shape = (settings.e2e_batch, settings.e2e_image, settings.e2e_image, 3)
+  x = jnp.asarray(rng.standard_normal(shape, np.float32))
+  y = jnp.asarray(rng.integers(0, 10, settings.e2e_batch))
+  names = ["sgd_momentum", "layca", "layca_momentum"]
+  candidates = []
+  for n in names:
+    log(f"  compiling train step with {n}")
+    candidates.append(TrainStepCandidate(n, OPTIMIZERS[n](), params_np, x, y, settings))
+  log(f"  timing {len(candidates)} train steps x {settings.e2e_rounds} rounds")
+  timing = time_alternating(candidates, REFERENCE, settings, settings.e2e_rounds)
+  timing.pop("_calls_per_round")
+  return {
+      "model": "c10_cnn1",
+      "batch": list(shape),
+      "params": trees.count_params(params_np),
+      "candidates": timing,
+  }
+
+
+# -- targets of issue 6 -------------------------------------------------------------------
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+  big = results["trees"]["vgg18m"]["candidates"]
+  many = results["trees"]["transformer_1000"]["candidates"]
+  e2e = results["end_to_end"]["candidates"]
+  per_param_state = max(
+      max(t["layca_extra_state_bytes"].values()) / t["params"]
+      for t in results["trees"].values()
+  )
+  max_extra_scalars = max(
+      max(t["layca_extra_state_bytes"].values()) / 4 / t["leaves"]
+      for t in results["trees"].values()
+  )
+
+  def row(name, measured, op, threshold):
+    met = measured <= threshold if op == "<=" else measured >= threshold
+    return {"target": name, "measured": measured, "op": op, "threshold": threshold,
+            "met": bool(met)}
+
+  return [
+      row("vgg18m: layca / sgd_momentum step", big["layca"]["ratio"], "<=", 1.3),
+      row("vgg18m: layca(trace 0.9) / sgd_momentum step",
+          big["layca_momentum"]["ratio"], "<=", 1.75),
+      row("vgg18m: lars / layca step",
+          big["lars"]["ratio"] / big["layca"]["ratio"], ">=", 4.0),
+      row("vgg18m: cosine_distance / sgd_momentum step",
+          big["cosine_distance"]["ratio"], "<=", 1.0),
+      row("transformer_1000: layca / sgd_momentum step", many["layca"]["ratio"], "<=", 2.0),
+      row("transformer_1000: layca / sgd_momentum compile",
+          many["layca"]["compile_ratio"], "<=", 2.0),
+      row("layca extra state: float32 scalars per leaf (max over trees and bases)",
+          max_extra_scalars, "<=", 2.0),
+      row("layca extra state: bytes per parameter (max over trees and bases)",
+          per_param_state, "<=", 0.01),
+      row("end to end C10-CNN1: layca / sgd_momentum train step",
+          e2e["layca"]["ratio"], "<=", 1.05),
+  ]
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+  model = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {
+      "cpu": model,
+      "cores": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+      "optax": optax.__version__,
+      "devices": [str(d) for d in jax.devices()],
+  }
+
+
+def _jaxlib_version():
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except Exception:  # noqa: BLE001
+    return None
+
+
+def format_report(results: dict[str, Any]) -> str:
+  lines = []
+  for tree_name, t in results["trees"].items():
+    lines.append(
+        f"\n{tree_name}: {t['params']:,} params in {t['leaves']} leaves "
+        f"({t['param_bytes'] / 2**20:.1f} MiB float32)"
+    )
+    lines.append(
+        f"  {'candidate':<18}{'step ms':>10}{'x sgd_mom':>11}{'(q1-q3)':>14}"
+        f"{'compile s':>11}{'x sgd_mom':>11}{'state MiB':>11}"
+    )
+    for name, c in t["candidates"].items():
+      state = "-" if c["state_bytes"] is None else f"{c['state_bytes'] / 2**20:.2f}"
+      lines.append(
+          f"  {name:<18}{c['step_ms']:>10.3f}{c['ratio']:>11.2f}"
+          f"{'(' + format(c['ratio_q1'], '.2f') + '-' + format(c['ratio_q3'], '.2f') + ')':>14}"
+          f"{c['compile_s']:>11.3f}{c['compile_ratio']:>11.2f}{state:>11}"
+      )
+    lines.append(f"  layca state beyond its base (bytes): {t['layca_extra_state_bytes']}")
+  e2e = results.get("end_to_end", {"model": None, "batch": None, "candidates": {}})
+  lines.append(f"\nend to end: {e2e['model']} train step, batch {e2e['batch']}")
+  for name, c in e2e["candidates"].items():
+    lines.append(f"  {name:<18}{c['step_ms']:>10.2f} ms{c['ratio']:>8.3f} x sgd_momentum")
+  lines.append("\ntargets:")
+  for t in results["targets"]:
+    lines.append(
+        f"  [{'met' if t['met'] else 'NOT met':>7}] {t['target']}: "
+        f"{t['measured']:.3g} (target {t['op']} {t['threshold']})"
+    )
+  return "\n".join(lines)
+
+
+def run(
+    quick: bool = False,
+    tree_names: list[str] | None = None,
+    log=print,
+    only: list[str] | None = None,
+    end_to_end: bool = True,
+) -> dict[str, Any]:
+  settings = QUICK if quick else FULL
+  tree_names = tree_names or list(trees.TREES)
+  results: dict[str, Any] = {
+      "mode": "quick" if quick else "full",
+      "machine": machine_info(),
+      "settings": dataclasses.asdict(settings),
+      "reference": REFERENCE,
+      "learning_rate": LR,
+      "trees": {},
+  }
+  start = time.perf_counter()
+  for name in tree_names:
+    full_builder, quick_builder = trees.TREES[name]
+    log(f"tree {name}")
+    results["trees"][name] = bench_tree(
+        name, (quick_builder if quick else full_builder)(), settings, log, only
+    )
+  if end_to_end:
+    log("end to end")
+    results["end_to_end"] = bench_end_to_end(settings, log)
+  complete = only is None and end_to_end and set(trees.TREES) <= set(results["trees"])
+  if complete:
+    results["targets"] = targets(results)
+  else:
+    results["targets"] = []
+  results["wall_seconds"] = time.perf_counter() - start
+  return results
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny trees, few rounds")
+  parser.add_argument("--trees", nargs="*", choices=list(trees.TREES), default=None)
+  parser.add_argument("--only", nargs="*", default=None,
+                      help="candidates to time (sgd_momentum, the reference, always is)")
+  parser.add_argument("--no-end-to-end", action="store_true")
+  parser.add_argument("--out", default=None,
+                      help="JSON path (default benchmarks/results[_quick].json)")
+  args = parser.parse_args(argv)
+  out = args.out or os.path.join(
+      os.path.dirname(__file__), "results_quick.json" if args.quick else "results.json"
+  )
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  results = run(quick=args.quick, tree_names=args.trees, log=log, only=args.only,
+                end_to_end=not args.no_end_to_end)
+  print(format_report(results))
+  with open(out, "w") as f:
+    json.dump(results, f, indent=1, allow_nan=False)
+  print(f"\nwrote {out} ({results['wall_seconds']:.0f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,81 @@
+"""The benchmark harness: tree shapes, and the JSON of a ``--quick`` run (no timing thresholds)."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks import run, trees
+
+
+@pytest.mark.parametrize(
+    "builder, leaves, params",
+    [
+        (trees.vgg18m, 34, 18_392_394),
+        (trees.c10_cnn1, 25, 4_307_296),
+        (trees.resnet32, 101, 472_756),
+        (trees.transformer, 1000, 4_199_744),
+    ],
+)
+def test_full_size_trees_have_the_documented_shapes(builder, leaves, params):
+  tree = builder()
+  assert trees.count_leaves(tree) == leaves
+  assert trees.count_params(tree) == params
+
+
+def test_quick_trees_are_small_and_have_no_zero_norm_leaf():
+  for _, quick in trees.TREES.values():
+    tree = quick()
+    assert trees.count_params(tree) < 100_000
+    assert all(float((x**2).sum()) > 0 for x in jax_leaves(tree))
+
+
+def jax_leaves(tree):
+  if isinstance(tree, dict):
+    return [leaf for v in tree.values() for leaf in jax_leaves(v)]
+  return [tree]
+
+
+def positive_finite(x):
+  return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_run_writes_the_expected_json(tmp_path, capsys):
+  out = tmp_path / "results.json"
+  assert run.main(["--quick", "--trees", "vgg18m", "--out", str(out)]) == 0
+  assert "layca" in capsys.readouterr().out
+  results = json.loads(out.read_text())
+  assert results["mode"] == "quick"
+  assert {"cpu", "cores", "jax", "optax"} <= set(results["machine"])
+  tree = results["trees"]["vgg18m"]
+  assert tree["leaves"] == 34
+  expected = set(run.OPTIMIZERS) | {"cosine_distance"}
+  assert set(tree["candidates"]) == expected
+  for name, c in tree["candidates"].items():
+    for key in ("step_ms", "ratio", "ratio_q1", "ratio_q3", "compile_s", "compile_ratio"):
+      assert positive_finite(c[key]), (name, key, c[key])
+    assert c["state_bytes"] is None if name == "cosine_distance" else c["state_bytes"] >= 0
+  assert tree["candidates"]["sgd_momentum"]["ratio"] == 1.0
+  # Layca keeps O(leaves) scalars beyond its base's state, nothing per parameter.
+  assert all(0 < b <= 8 * tree["leaves"] + 8 for b in tree["layca_extra_state_bytes"].values())
+  e2e = results["end_to_end"]["candidates"]
+  assert {"sgd_momentum", "layca", "layca_momentum"} <= set(e2e)
+  assert all(positive_finite(c["step_ms"]) and positive_finite(c["ratio"]) for c in e2e.values())
+
+
+def test_targets_are_computed_from_a_complete_run():
+  fake_tree = {
+      "leaves": 10, "params": 1000,
+      "layca_extra_state_bytes": {"none": 44, "trace": 44, "adam": 44},
+      "candidates": {
+          name: {"ratio": 1.5, "compile_ratio": 1.5}
+          for name in list(run.OPTIMIZERS) + ["cosine_distance"]
+      },
+  }
+  results = {
+      "trees": {name: fake_tree for name in trees.TREES},
+      "end_to_end": {"candidates": {"layca": {"ratio": 1.01}}},
+  }
+  rows = run.targets(results)
+  assert len(rows) == 9
+  assert all(isinstance(r["met"], bool) and math.isfinite(r["measured"]) for r in rows)

@@ -7,6 +7,7 @@ rotation utilities measure how far each layer has turned from its initialisation
 generalization in deep networks?", 2019).
 """
 
+from layca_optax._axes import output_unit_axes, stacked_layer_axes, whole_leaf_axes
 from layca_optax._layca import LaycaState, layca
 from layca_optax._layers import alpha_multipliers, default_mask
 from layca_optax._order import forward_order, natural_order
@@ -38,8 +39,11 @@ __all__ = [
     "leaves_by_path",
     "natural_order",
     "normalize_rotation",
+    "output_unit_axes",
     "project_orthogonal",
     "project_to_sphere",
     "rotation_angle",
     "scale_by_layer_rates",
+    "stacked_layer_axes",
+    "whole_leaf_axes",
 ]

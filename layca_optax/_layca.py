@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from layca_optax import _layers, _rates, _transforms, _tree
+from layca_optax import _axes, _layers, _rates, _transforms, _tree
 
 __all__ = ["LaycaState", "layca"]
 
@@ -64,7 +64,7 @@ def _coefficients(ww, perp_sq, ss, norm0, rho_l) -> _Coefficients:
 
 
 class _Sums(NamedTuple):
-  """The one reduction pass over a layer: float32 scalars."""
+  """The one reduction pass over a layer: float32, one value per rotating vector."""
 
   ww: jax.Array  # w . w
   sw: jax.Array  # s . w
@@ -112,7 +112,7 @@ def _exact_coefficients(s, w, sums: _Sums, norm0, rho_l, rho, *, dot):
   return a, b
 
 
-def _layer_coefficients(steps, weights, sums, norms0, rates, rho, *, dot):
+def _layer_coefficients(steps, weights, sums, norms0, rates, rho, dots):
   """(a, b) of every layer, such that its update is ``a w + b s``.
 
   Each layer has its own ``lax.cond``, on scalars only: the rare exact path (a step
@@ -123,20 +123,25 @@ def _layer_coefficients(steps, weights, sums, norms0, rates, rho, *, dot):
   times more per step.)
   """
 
-  def exact(s, w, m, n0, r, fast):
-    del fast
-    return _exact_coefficients(s, w, m, n0, r, rho, dot=dot)
+  def coefficients(s, w, m, n0, r, dot):
+    def exact(s, w, m, n0, r, fast):
+      # Exact for every vector of the leaf; only the nearly parallel ones need it.
+      a, b = _exact_coefficients(s, w, m, n0, r, rho, dot=dot)
+      flag = m.nearly_parallel
+      return jnp.where(flag, a, fast[0]), jnp.where(flag, b, fast[1])
 
-  def one_pass(s, w, m, n0, r, fast):
-    del s, w, m, n0, r
-    return fast
+    def one_pass(s, w, m, n0, r, fast):
+      del s, w, m, n0, r
+      return fast
+
+    fast = _step_coefficients(m, n0, r, rho)
+    fast = tuple(jnp.broadcast_to(x, jnp.shape(m.ww)) for x in fast)
+    return jax.lax.cond(
+        jnp.any(m.nearly_parallel), exact, one_pass, s, w, m, n0, r, fast
+    )
 
   return [
-      jax.lax.cond(
-          m.nearly_parallel, exact, one_pass,
-          s, w, m, n0, r, _step_coefficients(m, n0, r, rho),
-      )
-      for s, w, m, n0, r in zip(steps, weights, sums, norms0, rates)
+      coefficients(*args) for args in zip(steps, weights, sums, norms0, rates, dots)
   ]
 
 
@@ -147,14 +152,16 @@ def _rotate_layers(
     layer_order: Sequence[str] | None,
     mask: _layers.MaskOrFn,
     axis_name: _tree.AxisName | None,
+    rotation_axes: _axes.AxesOrFn,
 ) -> optax.GradientTransformation:
   """Operations 1 to 4 of Layca in two passes per layer (see the module docstring)."""
-  dot = _tree.reducer(axis_name)
   owner = "layca"
 
   def init_fn(params):
     params = _tree.unwrap(params)
-    plan = _layers.plan_layers(_tree.flatten(params), params, mask, layer_order, owner)
+    plan = _layers.plan_layers(
+        _tree.flatten(params), params, mask, layer_order, owner, rotation_axes
+    )
     return LaycaState(
         count=jnp.zeros([], jnp.int32),
         initial_norms=_transforms.initial_norms(params, plan, owner, axis_name),
@@ -164,17 +171,21 @@ def _rotate_layers(
     _tree.check_params(params, owner)
     flat_s, flat_w = _tree.flatten(updates), _tree.flatten(params)
     _tree.check_same_structure(flat_s, flat_w, owner)
-    plan = _layers.plan_layers(flat_w, params, mask, layer_order, owner)
+    plan = _layers.plan_layers(
+        flat_w, params, mask, layer_order, owner, rotation_axes
+    )
     rho = _rates.rate_at(learning_rate, state.count)
     rates = _transforms.layer_rates(rho, plan, alpha, depth_exponent)
-    norms0 = _tree.flatten(state.initial_norms).leaves
+    norms0 = _transforms.broadcast_norms(state.initial_norms, plan)
     layers = [i for i, layer in enumerate(plan.is_layer) if layer]
     steps = [flat_s.leaves[i] for i in layers]
     weights = [flat_w.leaves[i] for i in layers]
-    sums = [_layer_sums(s, w, dot=dot) for s, w in zip(steps, weights)]
+    all_dots = _transforms.reducers(plan, axis_name)
+    dots = [all_dots[i] for i in layers]
+    sums = [_layer_sums(s, w, dot=dot) for s, w, dot in zip(steps, weights, dots)]
     coefficients = _layer_coefficients(
         steps, weights, sums, [norms0[i] for i in layers], [rates[i] for i in layers],
-        rho, dot=dot,
+        rho, dots,
     )
     # Non-layer leaves: -rho(t) s.
     out = [(-rho * _tree.as_f32(s)).astype(jnp.result_type(s)) for s in flat_s.leaves]
@@ -195,6 +206,7 @@ def layca(
     layer_order: Sequence[str] | None = None,
     mask: _layers.MaskOrFn = None,
     axis_name: _tree.AxisName | None = None,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Layca: every layer rotates by exactly :math:`\arctan \rho_l(t)` per step.
 
@@ -246,6 +258,16 @@ def layca(
     axis_name: only inside ``shard_map`` (or ``pmap``) when each device holds a slice of
       a leaf: the mesh axis (or axes) over which per-layer reductions are summed, so that
       the result equals the global one. ``jax.jit`` over sharded arrays needs nothing.
+    rotation_axes: which axes of each leaf form one rotating vector. ``None``: the whole
+      leaf (the paper). Otherwise a pytree of axes tuples (a prefix of the params) or a
+      callable ``params -> such a pytree``; every other axis indexes independent vectors,
+      each rotated by ``arctan(rho_l)`` on its own sphere. Kept axes *before* the first
+      rotation axis stack layers (``stacked_layer_axes``: an ``nn.scan`` kernel
+      ``(blocks, d_in, d_out)`` with axes ``(1, 2)``: each block is a layer with its own
+      depth for alpha, in index order at the leaf's place in ``layer_order``); kept axes
+      after it index units of one layer (``output_unit_axes``: per-neuron Layca, Flax
+      layout, sharing the layer's multiplier). The state then holds one initial norm per
+      vector.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is
@@ -282,5 +304,8 @@ def layca(
     )
   return optax.chain(
       base,
-      _rotate_layers(learning_rate, alpha, depth_exponent, layer_order, mask, axis_name),
+      _rotate_layers(
+          learning_rate, alpha, depth_exponent, layer_order, mask, axis_name,
+          rotation_axes,
+      ),
   )

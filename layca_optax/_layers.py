@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layca_optax import _tree
+from layca_optax import _axes, _tree
 from layca_optax._order import natural_key
 
 __all__ = ["alpha_multipliers", "default_mask"]
@@ -108,21 +108,27 @@ def layer_indices(
     is_layer: Sequence[bool],
     layer_order: Sequence[str] | None,
     owner: str,
+    num_slices: Sequence[int] | None = None,
 ) -> tuple[int | None, ...]:
-  """The depth index of each leaf (0 = input side), ``None`` for non-layer leaves.
+  """The depth index of each leaf's first layer (0 = input side), ``None`` for non-layers.
 
   With ``layer_order=None`` layers are taken in natural order of their paths (digit runs
   compared as numbers). Otherwise ``layer_order`` lists paths from input to output, for
   example ``forward_order(...)``; it may name non-layer leaves (they are skipped) but must
-  name every layer leaf once and nothing that is not in the params.
+  name every layer leaf once and nothing that is not in the params. A stacked leaf holds
+  ``num_slices`` layers (default 1 each), consecutive in depth at the leaf's place.
   """
   layers = [p for p, flag in zip(paths, is_layer) if flag]
   if layer_order is None:
     ordered = sorted(layers, key=natural_key)
   else:
     ordered = _ordered_layers(layer_order, paths, layers, owner)
-  depth = {path: i for i, path in enumerate(ordered)}
-  return tuple(depth.get(p) if flag else None for p, flag in zip(paths, is_layer))
+  slices = dict(zip(paths, num_slices or [1] * len(paths)))
+  starts, depth = {}, 0
+  for path in ordered:
+    starts[path] = depth
+    depth += slices[path]
+  return tuple(starts.get(p) if flag else None for p, flag in zip(paths, is_layer))
 
 
 def _ordered_layers(
@@ -256,8 +262,9 @@ class LayerPlan(NamedTuple):
   """What every Layca transform needs to know about a params tree, resolved once."""
 
   is_layer: tuple[bool, ...]
-  depth: tuple[int | None, ...]  # index among layers, input side first
-  num_layers: int
+  depth: tuple[int | None, ...]  # index of the leaf's first layer, input side first
+  num_layers: int  # a stacked leaf counts one layer per slice
+  axes: tuple[_axes.LeafAxes, ...]  # how each leaf splits into rotating vectors
 
 
 def plan_layers(
@@ -266,9 +273,13 @@ def plan_layers(
     mask: MaskOrFn,
     layer_order: Sequence[str] | None,
     owner: str,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> LayerPlan:
-  """Resolves mask, dtypes and depth order for ``params`` (flattened as ``flat``)."""
+  """Resolves mask, dtypes, rotation axes and depth order for ``params`` (as ``flat``)."""
   is_layer = resolve_mask(mask, params, owner)
   check_layer_dtypes(flat, is_layer, owner)
-  depth = layer_indices(flat.paths, is_layer, layer_order, owner)
-  return LayerPlan(is_layer, depth, sum(is_layer))
+  axes = _axes.resolve_axes(rotation_axes, flat, params, owner)
+  slices = [a.num_slices for a in axes]
+  depth = layer_indices(flat.paths, is_layer, layer_order, owner, slices)
+  num_layers = sum(n for n, layer in zip(slices, is_layer) if layer)
+  return LayerPlan(is_layer, depth, num_layers, axes)

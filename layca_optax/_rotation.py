@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from layca_optax import _layers, _transforms, _tree
+from layca_optax import _axes, _layers, _transforms, _tree
 
 __all__ = ["cosine_distance", "rotation_angle"]
 
@@ -53,7 +53,9 @@ def _leaf_angle(a: jax.Array, b: jax.Array, dot) -> jax.Array:
   return jnp.where(equal, 0.0, jnp.where(any_zero, jnp.pi / 2, angle))
 
 
-def _map_pairs(fn, params: Any, other: Any, mask: Any, axis_name, owner: str) -> Any:
+def _map_pairs(
+    fn, params: Any, other: Any, mask: Any, axis_name, rotation_axes, owner: str
+) -> Any:
   flat_a, flat_b = _tree.flatten(params), _tree.flatten(other)
   _tree.check_same_structure(
       flat_a, flat_b, owner, names=("params", "reference params"),
@@ -63,10 +65,12 @@ def _map_pairs(fn, params: Any, other: Any, mask: Any, axis_name, owner: str) ->
     selected = (True,) * len(flat_a.leaves)
   else:
     selected = _layers.resolve_mask(mask, params, owner)
-  dot = _tree.reducer(axis_name)
+  leaf_axes = _axes.resolve_axes(rotation_axes, flat_a, params, owner)
   out = [
-      fn(a, b, dot) if keep else None
-      for a, b, keep in zip(flat_a.leaves, flat_b.leaves, selected)
+      # One value per rotating vector: the rotation axes are summed away.
+      jnp.squeeze(fn(a, b, _tree.reducer(axis_name, ax.axes)), axis=ax.axes)
+      if keep else None
+      for a, b, keep, ax in zip(flat_a.leaves, flat_b.leaves, selected, leaf_axes)
   ]
   return flat_a.unflatten(out)
 
@@ -77,6 +81,7 @@ def cosine_distance(
     *,
     mask: Any = None,
     axis_name: _tree.AxisName | None = None,
+    rotation_axes: Any = None,
 ) -> Any:
   r"""Layer rotation: the cosine distance between each leaf and its initial value.
 
@@ -97,9 +102,13 @@ def cosine_distance(
       ``layca_optax.default_mask`` for the kernels; unselected leaves are ``None``.
     axis_name: inside ``shard_map``/``pmap`` where each device holds a slice of a leaf,
       the mesh axis (or axes) to sum over, so that every device gets the global value.
+    rotation_axes: which axes form one vector (see ``layca``); ``None``: the whole leaf.
+      With e.g. ``stacked_layer_axes`` a ``(blocks, d_in, d_out)`` kernel gets one
+      distance per block.
 
   Returns:
-    A pytree with the structure of ``params`` of float32 scalars.
+    A pytree with the structure of ``params``: per leaf a float32 scalar, or with
+    ``rotation_axes`` an array with one value per vector (shape: the other axes).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -110,7 +119,8 @@ def cosine_distance(
     {'bias': 0.0, 'kernel': 1.0}
   """
   return _map_pairs(
-      _leaf_cosine_distance, params, init_params, mask, axis_name, "cosine_distance"
+      _leaf_cosine_distance, params, init_params, mask, axis_name, rotation_axes,
+      "cosine_distance",
   )
 
 
@@ -120,6 +130,7 @@ def rotation_angle(
     *,
     mask: Any = None,
     axis_name: _tree.AxisName | None = None,
+    rotation_axes: Any = None,
 ) -> Any:
   r"""The angle in radians between each leaf of two pytrees, accurate in float32.
 
@@ -135,6 +146,7 @@ def rotation_angle(
     other_params: a pytree of the same structure.
     mask: as in ``cosine_distance``.
     axis_name: as in ``cosine_distance``.
+    rotation_axes: as in ``cosine_distance``.
 
   Returns:
     A pytree with the structure of ``params`` of float32 scalars in ``[0, pi]``.
@@ -148,5 +160,6 @@ def rotation_angle(
     0.785398
   """
   return _map_pairs(
-      _leaf_angle, params, other_params, mask, axis_name, "rotation_angle"
+      _leaf_angle, params, other_params, mask, axis_name, rotation_axes,
+      "rotation_angle",
   )

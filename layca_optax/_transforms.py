@@ -25,6 +25,7 @@ Rules shared with ``layca``:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from layca_optax import _layers, _rates, _tree
+from layca_optax import _axes, _layers, _rates, _tree
 
 __all__ = [
     "PARALLEL_RTOL",
@@ -86,22 +87,29 @@ def _prepare(
     mask: _layers.MaskOrFn,
     owner: str,
     layer_order: Sequence[str] | None = None,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> _Leaves:
   _tree.check_params(params, owner)
   flat_u, flat_p = _tree.flatten(updates), _tree.flatten(params)
   _tree.check_same_structure(flat_u, flat_p, owner)
-  plan = _layers.plan_layers(flat_p, params, mask, layer_order, owner)
+  plan = _layers.plan_layers(flat_p, params, mask, layer_order, owner, rotation_axes)
   return _Leaves(flat_u, flat_p, plan)
 
 
+def reducers(plan: _layers.LayerPlan, axis_name: _tree.AxisName | None) -> list[Any]:
+  """Each leaf's reduction: over its rotation axes (one value per vector), and the mesh."""
+  return [_tree.reducer(axis_name, a.axes) for a in plan.axes]
+
+
 def _map_layers(
-    leaves: _Leaves, fn: Callable[..., jax.Array], dot, *per_leaf: Sequence[Any]
+    leaves: _Leaves, fn: Callable[..., jax.Array], axis_name, *per_leaf: Sequence[Any]
 ) -> Any:
-  """Applies ``fn(update, param, *extras, dot=dot)`` to layer leaves; others pass."""
+  """Applies ``fn(update, param, *extras, dot=...)`` to layer leaves; others pass."""
   out = [
       fn(u, p, *extra, dot=dot) if layer else u
-      for u, p, layer, *extra in zip(
-          leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, *per_leaf
+      for u, p, layer, dot, *extra in zip(
+          leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer,
+          reducers(leaves.plan, axis_name), *per_leaf,
       )
   ]
   return leaves.updates.unflatten(out)
@@ -120,7 +128,10 @@ def _project_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
 
 
 def project_orthogonal(
-    *, mask: _layers.MaskOrFn = None, axis_name: _tree.AxisName | None = None
+    *,
+    mask: _layers.MaskOrFn = None,
+    axis_name: _tree.AxisName | None = None,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 1 of Layca: removes the component of each layer's step along its weights.
 
@@ -137,6 +148,10 @@ def project_orthogonal(
     axis_name: inside ``shard_map``/``pmap`` where each device holds a slice of a leaf,
       the mesh axis (or axes) to sum per-layer reductions over; ``None`` otherwise (plain
       ``jax.jit`` over sharded arrays needs nothing).
+    rotation_axes: which axes of each leaf form one rotating vector: ``None`` (the whole
+      leaf), a pytree of axes tuples (a prefix of the params) or a callable
+      ``params -> such a pytree``, e.g. ``output_unit_axes`` (per neuron) or
+      ``stacked_layer_axes`` (scanned blocks); see ``layca``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -153,8 +168,8 @@ def project_orthogonal(
   """
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, "project_orthogonal")
-    return _map_layers(leaves, _project_leaf, _tree.reducer(axis_name)), state
+    leaves = _prepare(updates, params, mask, "project_orthogonal", None, rotation_axes)
+    return _map_layers(leaves, _project_leaf, axis_name), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -171,7 +186,10 @@ def _normalize_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
 
 
 def normalize_rotation(
-    *, mask: _layers.MaskOrFn = None, axis_name: _tree.AxisName | None = None
+    *,
+    mask: _layers.MaskOrFn = None,
+    axis_name: _tree.AxisName | None = None,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 2 of Layca: rescales each layer's step to the norm of its weights.
 
@@ -185,6 +203,7 @@ def normalize_rotation(
   Args:
     mask: which leaves are layers (see ``project_orthogonal``).
     axis_name: see ``project_orthogonal``.
+    rotation_axes: see ``project_orthogonal``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -200,8 +219,8 @@ def normalize_rotation(
   """
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, "normalize_rotation")
-    return _map_layers(leaves, _normalize_leaf, _tree.reducer(axis_name)), state
+    leaves = _prepare(updates, params, mask, "normalize_rotation", None, rotation_axes)
+    return _map_layers(leaves, _normalize_leaf, axis_name), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -222,7 +241,17 @@ def layer_rates(
   if plan.num_layers == 0:
     return [rate] * len(plan.is_layer)
   multipliers = _layers.traced_multipliers(plan.num_layers, alpha, depth_exponent)
-  return [rate if d is None else multipliers[d] * rate for d in plan.depth]
+
+  def leaf_rate(start, axes):
+    if start is None:
+      return rate
+    if not axes.stack_axes:
+      return multipliers[start] * rate
+    # A stacked leaf: one layer per slice, consecutive in depth, shaped to broadcast.
+    block = multipliers[start:start + axes.num_slices]
+    return block.reshape(axes.rate_shape) * rate
+
+  return [leaf_rate(d, a) for d, a in zip(plan.depth, plan.axes)]
 
 
 def scale_by_layer_rates(
@@ -233,6 +262,7 @@ def scale_by_layer_rates(
     layer_order: Sequence[str] | None = None,
     mask: _layers.MaskOrFn = None,
     axis_name: _tree.AxisName | None = None,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 3 of Layca: multiplies each layer's step by :math:`-\rho_l(t)`.
 
@@ -253,6 +283,7 @@ def scale_by_layer_rates(
       natural order of the paths. Only matters when ``alpha != 0``.
     mask: which leaves are layers (see ``project_orthogonal``).
     axis_name: see ``project_orthogonal``.
+    rotation_axes: see ``project_orthogonal``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -273,17 +304,19 @@ def scale_by_layer_rates(
   def init_fn(params):
     # Validates the mask and the layer order as soon as the params are known.
     params = _tree.unwrap(params)
-    _layers.plan_layers(_tree.flatten(params), params, mask, layer_order, owner)
+    _layers.plan_layers(
+        _tree.flatten(params), params, mask, layer_order, owner, rotation_axes
+    )
     return ScaleByLayerRatesState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, owner, layer_order)
+    leaves = _prepare(updates, params, mask, owner, layer_order, rotation_axes)
     rate = _rates.rate_at(learning_rate, state.count)
     rates = layer_rates(rate, leaves.plan, alpha, depth_exponent)
-    dot = _tree.reducer(axis_name)
     out = []
-    for s, w, layer, rho_l in zip(
-        leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, rates
+    for s, w, layer, rho_l, dot in zip(
+        leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, rates,
+        reducers(leaves.plan, axis_name),
     ):
       if layer:
         rho_l = jnp.where(dot(w, w) > 0, rho_l, rate)
@@ -300,30 +333,43 @@ def scale_by_layer_rates(
 class ProjectToSphereState(NamedTuple):
   """State of ``project_to_sphere``."""
 
-  # The params' structure: ||w_0|| (float32 scalar) for layer leaves, 0 for the others.
+  # The params' structure: ||w_0|| (float32) for layer leaves, 0 for the others; one
+  # value per rotating vector (a scalar for a whole leaf; shape = the non-rotation axes).
   initial_norms: Any
 
 
 def initial_norms(
     params: Any, plan: _layers.LayerPlan, owner: str, axis_name: _tree.AxisName | None
 ) -> Any:
-  """Float32 norm of each layer leaf (0 for other leaves); warns on zero-norm layers."""
+  """Float32 norm of each layer's vectors (0 for other leaves); warns on zero norms."""
   flat = _tree.flatten(params)
-  dot = _tree.reducer(axis_name)
   norms = [
-      jnp.sqrt(dot(w, w)) if layer else jnp.zeros([], jnp.float32)
-      for w, layer in zip(flat.leaves, plan.is_layer)
+      jnp.squeeze(jnp.sqrt(dot(w, w)), axis=a.axes) if layer
+      else jnp.zeros([], jnp.float32)
+      for w, layer, a, dot in zip(
+          flat.leaves, plan.is_layer, plan.axes, reducers(plan, axis_name)
+      )
   ]
-  _warn_single_elements(flat, plan.is_layer, owner)
+  _warn_single_elements(flat, plan, owner)
   _warn_zero_norms(flat.paths, norms, plan.is_layer, owner)
   return flat.unflatten(norms)
 
 
-def _warn_single_elements(flat: _tree.Flat, is_layer, owner: str) -> None:
+def broadcast_norms(initial_norms: Any, plan: _layers.LayerPlan) -> list[jax.Array]:
+  """The stored initial norms, each with size-1 rotation axes to broadcast on its leaf."""
+  return [
+      jnp.expand_dims(n, a.axes) if layer else n
+      for n, a, layer in zip(
+          _tree.flatten(initial_norms).leaves, plan.axes, plan.is_layer
+      )
+  ]
+
+
+def _warn_single_elements(flat: _tree.Flat, plan: _layers.LayerPlan, owner: str) -> None:
   single = [
       path
-      for path, w, layer in zip(flat.paths, flat.leaves, is_layer)
-      if layer and jnp.size(w) == 1
+      for path, w, layer, a in zip(flat.paths, flat.leaves, plan.is_layer, plan.axes)
+      if layer and math.prod(jnp.shape(w)[i] for i in a.axes) == 1
   ]
   if single:
     warnings.warn(
@@ -337,7 +383,10 @@ def _warn_single_elements(flat: _tree.Flat, is_layer, owner: str) -> None:
 
 def _warn_zero_norms(paths, norms, is_layer, owner: str) -> None:
   try:
-    zero = [p for p, n, layer in zip(paths, norms, is_layer) if layer and float(n) == 0]
+    zero = [
+        p for p, n, layer in zip(paths, norms, is_layer)
+        if layer and bool(jnp.any(n == 0))
+    ]
   except jax.errors.ConcretizationTypeError:
     return  # traced (jit, eval_shape): values unknown
   if zero:
@@ -362,7 +411,10 @@ def _sphere_leaf(u: jax.Array, w: jax.Array, norm0: jax.Array, *, dot) -> jax.Ar
 
 
 def project_to_sphere(
-    *, mask: _layers.MaskOrFn = None, axis_name: _tree.AxisName | None = None
+    *,
+    mask: _layers.MaskOrFn = None,
+    axis_name: _tree.AxisName | None = None,
+    rotation_axes: _axes.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 4 of Layca: puts each layer back on the sphere of its initial norm.
 
@@ -381,6 +433,7 @@ def project_to_sphere(
   Args:
     mask: which leaves are layers (see ``project_orthogonal``).
     axis_name: see ``project_orthogonal``.
+    rotation_axes: see ``project_orthogonal``.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``.
@@ -399,14 +452,15 @@ def project_to_sphere(
 
   def init_fn(params):
     params = _tree.unwrap(params)
-    plan = _layers.plan_layers(_tree.flatten(params), params, mask, None, owner)
+    flat = _tree.flatten(params)
+    plan = _layers.plan_layers(flat, params, mask, None, owner, rotation_axes)
     return ProjectToSphereState(
         initial_norms=initial_norms(params, plan, owner, axis_name)
     )
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, owner)
-    norms0 = _tree.flatten(state.initial_norms).leaves
-    return _map_layers(leaves, _sphere_leaf, _tree.reducer(axis_name), norms0), state
+    leaves = _prepare(updates, params, mask, owner, rotation_axes=rotation_axes)
+    norms0 = broadcast_norms(state.initial_norms, leaves.plan)
+    return _map_layers(leaves, _sphere_leaf, axis_name, norms0), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -170,9 +170,15 @@ def as_f32(x: jax.Array) -> jax.Array:
 
 
 def sum_of_products(
-    a: jax.Array, b: jax.Array, axis_name: AxisName | None = None
+    a: jax.Array,
+    b: jax.Array,
+    axis_name: AxisName | None = None,
+    axes: tuple[int, ...] | None = None,
 ) -> jax.Array:
   """``sum(a * b)`` in float32, summed over the named mesh axis ``axis_name`` if given.
+
+  ``axes=None`` sums everything into a scalar; a tuple of axes sums over those only and
+  keeps them as size-1 axes (one value per rotating vector, broadcastable to ``a``).
 
   Written as an elementwise product and a sum, not ``jnp.vdot``: dot products of float32
   arrays may run at reduced precision on accelerators (TF32, bf16 passes) and ``vdot`` of
@@ -185,9 +191,10 @@ def sum_of_products(
   a, b = as_f32(a), as_f32(b)
   if jnp.iscomplexobj(a) or jnp.iscomplexobj(b):
     # The real inner product of C^n seen as R^2n: norms and angles stay real.
-    total = jnp.sum(jnp.real(a * jnp.conj(b)))
+    product = jnp.real(a * jnp.conj(b))
   else:
-    total = jnp.sum(a * b)
+    product = a * b
+  total = jnp.sum(product, axis=axes, keepdims=axes is not None)
   if axis_name is None:
     return total
   axes = summed_axes(total, axis_name)
@@ -230,6 +237,8 @@ def summed_axes(total: jax.Array, axis_name: AxisName) -> tuple[Hashable, ...]:
   return tuple(n for n in names if n in varying or not tracked(n))
 
 
-def reducer(axis_name: AxisName | None) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """``sum_of_products`` bound to ``axis_name``: the one reduction every module uses."""
-  return functools.partial(sum_of_products, axis_name=axis_name)
+def reducer(
+    axis_name: AxisName | None, axes: tuple[int, ...] | None = None
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """``sum_of_products`` bound to ``axis_name`` and ``axes``: the one reduction used."""
+  return functools.partial(sum_of_products, axis_name=axis_name, axes=axes)

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["_layca", "_layers", "_order", "_rotation", "_transforms", "_tree"]
+MODULES = ["_axes", "_layca", "_layers", "_order", "_rotation", "_transforms", "_tree"]
 
 
 @pytest.mark.parametrize("name", MODULES)

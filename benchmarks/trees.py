@@ -21,6 +21,7 @@ __all__ = [
     "random_like",
     "resnet32",
     "transformer",
+    "transformer_stacked",
     "vgg18m",
 ]
 
@@ -41,6 +42,17 @@ class _Builder:
 
   def vector(self, name: str, size: int, center: float = 0.0) -> None:
     self._put(name, center + 0.1 * self.rng.standard_normal((size,), np.float32))
+
+  def stacked_kernel(self, name: str, shape: tuple[int, ...]) -> None:
+    """``shape[0]`` stacked kernels (``nn.scan`` layout), each He-normal for its own fan-in."""
+    fan_in = int(np.prod(shape[1:-1]))
+    value = self.rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+    self._put(name + "/kernel", value)
+
+  def stacked_vector(
+      self, name: str, shape: tuple[int, int], center: float = 0.0
+  ) -> None:
+    self._put(name, center + 0.1 * self.rng.standard_normal(shape, np.float32))
 
   def _put(self, path: str, value: np.ndarray) -> None:
     node = self.tree
@@ -150,12 +162,44 @@ def transformer(blocks: int = 83, dim: int = 64, seed: int = 0) -> Tree:
   return b.tree
 
 
+def transformer_stacked(
+    blocks: int = 12, dim: int = 256, vocab: int = 4096, seed: int = 0
+) -> Tree:
+  """A transformer whose blocks are stacked along a leading axis (``nn.scan`` layout).
+
+  ``blocks/qkv`` (blocks, dim, 3 dim), ``blocks/out`` (blocks, dim, dim), ``blocks/mlp_in``
+  (blocks, dim, 4 dim) and ``blocks/mlp_out`` (blocks, 4 dim, dim) kernels, the two MLP
+  biases and two LayerNorms' scale and offset stacked as (blocks, d); token (vocab x dim)
+  and position (512 x dim) embeddings, a final LayerNorm: 14 leaves, 10,644,992 params
+  with the defaults. With ``stacked_layer_axes`` each block's kernel is its own layer.
+  """
+  b = _Builder(seed)
+  b.kernel("embed/tokens", (vocab, dim))
+  b.kernel("embed/positions", (512, dim))
+  for name, d_in, d_out in [
+      ("qkv", dim, 3 * dim), ("out", dim, dim), ("mlp_in", dim, 4 * dim),
+      ("mlp_out", 4 * dim, dim),
+  ]:
+    b.stacked_kernel(f"blocks/{name}", (blocks, d_in, d_out))
+  b.stacked_vector("blocks/mlp_in/bias", (blocks, 4 * dim))
+  b.stacked_vector("blocks/mlp_out/bias", (blocks, dim))
+  for ln in ("ln1", "ln2"):
+    b.stacked_vector(f"blocks/{ln}/scale", (blocks, dim), center=1.0)
+    b.stacked_vector(f"blocks/{ln}/bias", (blocks, dim))
+  b.vector("final_ln/scale", dim, center=1.0)
+  b.vector("final_ln/bias", dim)
+  return b.tree
+
+
 #: name -> (full-size builder, quick builder)
 TREES: dict[str, tuple[Callable[[], Tree], Callable[[], Tree]]] = {
     "vgg18m": (vgg18m, lambda: vgg18m(width=32)),
     "c10_cnn1": (c10_cnn1, lambda: c10_cnn1(width=8, convs=2)),
     "resnet32": (resnet32, lambda: resnet32(width=4, blocks=1)),
     "transformer_1000": (transformer, lambda: transformer(blocks=2, dim=8)),
+    "transformer_stacked": (
+        transformer_stacked, lambda: transformer_stacked(blocks=2, dim=8, vocab=32)
+    ),
 }
 
 

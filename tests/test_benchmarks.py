@@ -15,6 +15,7 @@ from benchmarks import run, trees
         (trees.c10_cnn1, 25, 4_307_296),
         (trees.resnet32, 101, 472_756),
         (trees.transformer, 1000, 4_199_744),
+        (trees.transformer_stacked, 14, 10_644_992),
     ],
 )
 def test_full_size_trees_have_the_documented_shapes(builder, leaves, params):

@@ -1,8 +1,9 @@
 r"""``layca``: the whole algorithm on top of any base optimizer, fused per layer.
 
-The chain of the four composable transforms reads each layer about eight times. Here each
-layer costs one reduction pass (:math:`s \cdot w`, :math:`w \cdot w`, :math:`s \cdot s`
-together) and one elementwise pass, using two identities of Algorithm 1:
+The chain of the four composable transforms reads each layer once per operation and once
+per norm. Here each layer needs only three reductions (:math:`s \cdot w`, :math:`w \cdot w`,
+:math:`s \cdot s`, all over the inputs; XLA:CPU runs them as three kernels) and one
+elementwise pass, using two identities of Algorithm 1:
 
 * with :math:`k = s \cdot w / w \cdot w`, the projected step is :math:`p = s - k w` and
   :math:`\|p\|^2 = s \cdot s - k\, (s \cdot w)`;
@@ -18,8 +19,9 @@ When :math:`s` is nearly parallel to :math:`w` (:math:`\|p\|^2 < 10^{-2}\, s \cd
 difference :math:`s \cdot s - k\,(s \cdot w)` and the two terms of :math:`u` cancel in
 float32; those layers take an exact path instead, which forms :math:`p` and measures
 :math:`\|w - \beta p\|` (two more passes, in a per-layer ``lax.cond`` that returns the two
-scalars of :math:`u = a w + b s`, so the common case does not pay for them and the one
-elementwise pass stays fused with ``optax.apply_updates``).
+scalars of :math:`u = a w + b s`, so the common case skips those passes and the one
+elementwise pass stays fused with ``optax.apply_updates``; the cond itself costs about
+12 % of a step on XLA:CPU, see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _coefficients(ww, perp_sq, ss, norm0, rho_l) -> _Coefficients:
 
 
 class _Sums(NamedTuple):
-  """The one reduction pass over a layer: float32, one value per rotating vector."""
+  """The three reductions over a layer: float32, one value per rotating vector."""
 
   ww: jax.Array  # w . w
   sw: jax.Array  # s . w
@@ -84,15 +86,19 @@ def _layer_sums(s, w, *, dot) -> _Sums:
   return _Sums(dot(w32, w32), dot(s32, w32), dot(s32, s32))
 
 
-def _step_coefficients(sums: _Sums, norm0, rho_l, rho):
-  """(a, b) of the update u = a w + b s, from the sums alone (the common case)."""
-  k = sums.k
-  c = _coefficients(sums.ww, sums.ss - k * sums.sw, sums.ss, norm0, rho_l)
+def _update_coefficients(active, beta, to_sphere, sums: _Sums, rho):
+  """(a, b) with u = a w + b s = to_sphere (w - beta p) - w, p = s - k w."""
   # A zero-norm layer is stepped like a non-layer leaf: -rho(t) s.
   plain = jnp.where(sums.ww > 0, 0.0, -rho)
-  a = jnp.where(c.active, c.gamma * (1.0 + c.beta * k) - 1.0, 0.0)
-  b = jnp.where(c.active, -c.gamma * c.beta, plain)
+  a = jnp.where(active, to_sphere * (1.0 + beta * sums.k) - 1.0, 0.0)
+  b = jnp.where(active, -to_sphere * beta, plain)
   return a, b
+
+
+def _step_coefficients(sums: _Sums, norm0, rho_l, rho):
+  """(a, b) of the update u = a w + b s, from the sums alone (the common case)."""
+  c = _coefficients(sums.ww, sums.ss - sums.k * sums.sw, sums.ss, norm0, rho_l)
+  return _update_coefficients(c.active, c.beta, c.gamma, sums, rho)
 
 
 def _exact_coefficients(s, w, sums: _Sums, norm0, rho_l, rho, *, dot):
@@ -100,20 +106,16 @@ def _exact_coefficients(s, w, sums: _Sums, norm0, rho_l, rho, *, dot):
   # Here float32 leaves p orthogonal to w only up to eps ||s|| / ||p||, so the norm
   # identity behind gamma is off too: measure ||w - beta p|| instead.
   s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  k = sums.k
-  perp = s32 - k * w32
+  perp = s32 - sums.k * w32
   c = _coefficients(sums.ww, dot(perp, perp), sums.ss, norm0, rho_l)
   moved = w32 - c.beta * perp  # = (1 + beta k) w - beta s
   to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(dot(moved, moved)))
   to_sphere = jnp.where(norm0 > 0, to_sphere, 1.0)
-  plain = jnp.where(sums.ww > 0, 0.0, -rho)
-  a = jnp.where(c.active, to_sphere * (1.0 + c.beta * k) - 1.0, 0.0)
-  b = jnp.where(c.active, -to_sphere * c.beta, plain)
-  return a, b
+  return _update_coefficients(c.active, c.beta, to_sphere, sums, rho)
 
 
-def _layer_coefficients(steps, weights, sums, norms0, rates, rho, dots):
-  """(a, b) of every layer, such that its update is ``a w + b s``.
+def _layer_coefficients(s, w, norm0, rho_l, rho, *, dot):
+  """(a, b) of one layer leaf, such that its update is ``a w + b s``.
 
   Each layer has its own ``lax.cond``, on scalars only: the rare exact path (a step
   nearly parallel to the weights) measures two more norms. The elementwise pass stays
@@ -122,27 +124,23 @@ def _layer_coefficients(steps, weights, sums, norms0, rates, rho, dots):
   guard costs about 12 % of a step when not taken and doubles compile time on trees with
   many leaves; one tree-wide cond saves ~8 % per step but compiles ~40 % slower.
   """
+  sums = _layer_sums(s, w, dot=dot)
 
-  def coefficients(s, w, m, n0, r, dot):
-    def exact(s, w, m, n0, r, fast):
-      # Exact for every vector of the leaf; only the nearly parallel ones need it.
-      a, b = _exact_coefficients(s, w, m, n0, r, rho, dot=dot)
-      flag = m.nearly_parallel
-      return jnp.where(flag, a, fast[0]), jnp.where(flag, b, fast[1])
+  def exact(s, w, sums, norm0, rho_l, fast):
+    # Exact for every vector of the leaf; only the nearly parallel ones need it.
+    a, b = _exact_coefficients(s, w, sums, norm0, rho_l, rho, dot=dot)
+    flag = sums.nearly_parallel
+    return jnp.where(flag, a, fast[0]), jnp.where(flag, b, fast[1])
 
-    def one_pass(s, w, m, n0, r, fast):
-      del s, w, m, n0, r
-      return fast
+  def one_pass(s, w, sums, norm0, rho_l, fast):
+    del s, w, sums, norm0, rho_l
+    return fast
 
-    fast = _step_coefficients(m, n0, r, rho)
-    fast = tuple(jnp.broadcast_to(x, jnp.shape(m.ww)) for x in fast)
-    return jax.lax.cond(
-        jnp.any(m.nearly_parallel), exact, one_pass, s, w, m, n0, r, fast
-    )
-
-  return [
-      coefficients(*args) for args in zip(steps, weights, sums, norms0, rates, dots)
-  ]
+  fast = _step_coefficients(sums, norm0, rho_l, rho)
+  fast = tuple(jnp.broadcast_to(x, jnp.shape(sums.ww)) for x in fast)
+  return jax.lax.cond(
+      jnp.any(sums.nearly_parallel), exact, one_pass, s, w, sums, norm0, rho_l, fast
+  )
 
 
 def _rotate_layers(
@@ -154,7 +152,7 @@ def _rotate_layers(
     axis_name: _tree.AxisName | None,
     rotation_axes: _axes.AxesOrFn,
 ) -> optax.GradientTransformation:
-  """Operations 1 to 4 of Layca in two passes per layer (see the module docstring)."""
+  """Operations 1 to 4 of Layca, fused per layer (see the module docstring)."""
   owner = "layca"
 
   def init_fn(params):
@@ -177,20 +175,20 @@ def _rotate_layers(
     rho = _rates.rate_at(learning_rate, state.count)
     rates = _transforms.layer_rates(rho, plan, alpha, depth_exponent)
     norms0 = _transforms.broadcast_norms(state.initial_norms, plan)
-    layers = [i for i, layer in enumerate(plan.is_layer) if layer]
-    steps = [flat_s.leaves[i] for i in layers]
-    weights = [flat_w.leaves[i] for i in layers]
-    all_dots = _transforms.reducers(plan, axis_name)
-    dots = [all_dots[i] for i in layers]
-    sums = [_layer_sums(s, w, dot=dot) for s, w, dot in zip(steps, weights, dots)]
-    coefficients = _layer_coefficients(
-        steps, weights, sums, [norms0[i] for i in layers], [rates[i] for i in layers],
-        rho, dots,
-    )
-    # Non-layer leaves: -rho(t) s.
-    out = [(-rho * _tree.as_f32(s)).astype(jnp.result_type(s)) for s in flat_s.leaves]
-    for i, s, w, (a, b) in zip(layers, steps, weights, coefficients):
-      out[i] = (a * _tree.as_f32(w) + b * _tree.as_f32(s)).astype(jnp.result_type(w))
+
+    def leaf_update(s, w, layer, norm0, rho_l, dot):
+      if not layer:  # -rho(t) s
+        return (-rho * _tree.as_f32(s)).astype(jnp.result_type(s))
+      a, b = _layer_coefficients(s, w, norm0, rho_l, rho, dot=dot)
+      return (a * _tree.as_f32(w) + b * _tree.as_f32(s)).astype(jnp.result_type(w))
+
+    out = [
+        leaf_update(*leaf)
+        for leaf in zip(
+            flat_s.leaves, flat_w.leaves, plan.is_layer, norms0, rates,
+            _transforms.reducers(plan, axis_name),
+        )
+    ]
     new_state = LaycaState(optax.safe_increment(state.count), state.initial_norms)
     return flat_s.unflatten(out), new_state
 
@@ -230,7 +228,7 @@ def layca(
 
   The result equals, within float32 rounding,
   ``optax.chain(base, project_orthogonal(), normalize_rotation(),
-  scale_by_layer_rates(...), project_to_sphere())`` but costs two passes over each layer.
+  scale_by_layer_rates(...), project_to_sphere())`` but reads each layer fewer times.
   The base optimizer's state keeps its own raw direction: Layca works on a copy.
 
   Special cases: a vanishing projected step (zero gradient, a gradient parallel to

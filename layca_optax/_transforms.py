@@ -9,7 +9,7 @@ For a layer with weights :math:`w` and a step :math:`s` proposed by a base optim
    :math:`w' = (w + u)\, \|w_0\| / \|w + u\|`
 
 Chained in this order after any base transform they are Layca, and
-``layca(...)`` computes the same thing in two passes over each layer. Every reduction is
+``layca(...)`` computes the same thing with fewer reads of each layer. Every reduction is
 done in float32 whatever the dtype of the params; each transform returns updates in the
 dtype it received (``project_to_sphere``, the last one, in the dtype of the params).
 

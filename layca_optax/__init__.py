@@ -10,7 +10,9 @@ generalization in deep networks?", 2019).
 from layca_optax._axes import output_unit_axes, stacked_layer_axes, whole_leaf_axes
 from layca_optax._layca import LaycaState, layca
 from layca_optax._layers import alpha_multipliers, default_mask
+from layca_optax._monitor import MeasureRotationState, measure_rotation, rotation_rates
 from layca_optax._order import forward_order, natural_order
+from layca_optax._rates import PerLeafRates, replay_rates
 from layca_optax._rotation import cosine_distance, rotation_angle
 from layca_optax._transforms import (
     PARALLEL_RTOL,
@@ -27,7 +29,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LaycaState",
+    "MeasureRotationState",
     "PARALLEL_RTOL",
+    "PerLeafRates",
     "ProjectToSphereState",
     "ScaleByLayerRatesState",
     "alpha_multipliers",
@@ -37,12 +41,15 @@ __all__ = [
     "layca",
     "leaf_paths",
     "leaves_by_path",
+    "measure_rotation",
     "natural_order",
     "normalize_rotation",
     "output_unit_axes",
     "project_orthogonal",
     "project_to_sphere",
+    "replay_rates",
     "rotation_angle",
+    "rotation_rates",
     "scale_by_layer_rates",
     "stacked_layer_axes",
     "whole_leaf_axes",

@@ -142,19 +142,9 @@ def resolve_axes(
 
 
 def _broadcast(rotation_axes: Any, params: Any, owner: str) -> list[Any]:
-  targets = [params]
-  pure = _tree.nnx_pure_dict(params)
-  if pure is not None:
-    targets.append(pure)
-  for target in targets:
-    try:
-      boxed = jax.tree.map(
-          lambda a, sub: jax.tree.map(lambda _: _Axes(a), sub), rotation_axes, target,
-          is_leaf=_is_axes,
-      )
-    except (ValueError, TypeError):
-      continue
-    return [b.value for b in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, _Axes))]
+  full = _tree.broadcast_prefix(rotation_axes, params, is_leaf=_is_axes)
+  if full is not None:
+    return full
   raise ValueError(
       f"{owner}: `rotation_axes` must be a pytree with the structure of the params (or a "
       "prefix of it) whose leaves are tuples of axes (or None for the whole leaf), or a "
@@ -163,12 +153,3 @@ def _broadcast(rotation_axes: Any, params: Any, owner: str) -> list[Any]:
       f"{jax.tree.structure(rotation_axes, is_leaf=_is_axes)}\n  params: "
       f"{jax.tree.structure(params)}"
   )
-
-
-class _Axes:
-  """Boxes a per-leaf axes value so that tree functions keep it whole."""
-
-  __slots__ = ("value",)
-
-  def __init__(self, value):
-    self.value = value

@@ -172,11 +172,13 @@ def _rotate_layers(
     plan = _layers.plan_layers(
         flat_w, params, mask, layer_order, owner, rotation_axes
     )
-    rho = _rates.rate_at(learning_rate, state.count)
-    rates = _transforms.layer_rates(rho, plan, alpha, depth_exponent)
+    rhos = _rates.leaf_rates(
+        learning_rate, state.count, flat_w, params, plan.axes, owner
+    )
+    rates = _transforms.layer_rates(rhos, plan, alpha, depth_exponent)
     norms0 = _transforms.broadcast_norms(state.initial_norms, plan)
 
-    def leaf_update(s, w, layer, norm0, rho_l, dot):
+    def leaf_update(s, w, layer, norm0, rho, rho_l, dot):
       if not layer:  # -rho(t) s
         return (-rho * _tree.as_f32(s)).astype(jnp.result_type(s))
       a, b = _layer_coefficients(s, w, norm0, rho_l, rho, dot=dot)
@@ -185,7 +187,7 @@ def _rotate_layers(
     out = [
         leaf_update(*leaf)
         for leaf in zip(
-            flat_s.leaves, flat_w.leaves, plan.is_layer, norms0, rates,
+            flat_s.leaves, flat_w.leaves, plan.is_layer, norms0, rhos, rates,
             _transforms.reducers(plan, axis_name),
         )
     ]
@@ -239,7 +241,9 @@ def layca(
   Args:
     learning_rate: :math:`\rho(t) = \tan(\text{angle per step})`: a float or an optax
       schedule. The paper's best with an SGD base is ``3**-3`` with step decay; ``3**-5``
-      with Adam or SGD_AMom bases.
+      with Adam or SGD_AMom bases. A ``PerLeafRates`` gives each leaf its own rate or
+      schedule; ``replay_rates`` builds one that replays recorded rotation rates
+      (AdaptCopy).
     base: an optax transform that yields a gradient-like direction (no learning rate, no
       minus sign). ``None``: the raw gradient (SGD). ``optax.trace(0.9)``: momentum;
       ``optax.ema(0.9, debias=False)``: the paper's SGD_AMom; ``optax.scale_by_adam()``,

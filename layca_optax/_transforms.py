@@ -235,14 +235,14 @@ class ScaleByLayerRatesState(NamedTuple):
 
 
 def layer_rates(
-    rate: jax.Array, plan: _layers.LayerPlan, alpha: Any, depth_exponent: Any
+    rates: Sequence[jax.Array], plan: _layers.LayerPlan, alpha: Any, depth_exponent: Any
 ) -> list[jax.Array]:
-  """rho_l(t) for every leaf: the alpha multiplier times rho(t) for layers, rho(t) else."""
+  """rho_l(t) of every leaf: its rho(t) (``rates``) times the alpha multiplier for layers."""
   if plan.num_layers == 0:
-    return [rate] * len(plan.is_layer)
+    return list(rates)
   multipliers = _layers.traced_multipliers(plan.num_layers, alpha, depth_exponent)
 
-  def leaf_rate(start, axes):
+  def leaf_rate(rate, start, axes):
     if start is None:
       return rate
     if not axes.stack_axes:
@@ -251,7 +251,7 @@ def layer_rates(
     block = multipliers[start:start + axes.num_slices]
     return block.reshape(axes.rate_shape) * rate
 
-  return [leaf_rate(d, a) for d, a in zip(plan.depth, plan.axes)]
+  return [leaf_rate(*leaf) for leaf in zip(rates, plan.depth, plan.axes)]
 
 
 def scale_by_layer_rates(
@@ -275,7 +275,8 @@ def scale_by_layer_rates(
   ``optax.scale_by_learning_rate`` does.
 
   Args:
-    learning_rate: :math:`\rho(t)`: a float or an optax schedule (``step -> rate``).
+    learning_rate: :math:`\rho(t)`: a float or an optax schedule (``step -> rate``), or a
+      ``PerLeafRates`` (e.g. from ``replay_rates``) for one rate per leaf.
     alpha: in ``[-1, 1]``; 0 gives every layer the same rate.
     depth_exponent: the factor in the multipliers' exponent (5 in the authors' code, 1 in
       the paper's printed equation).
@@ -311,15 +312,17 @@ def scale_by_layer_rates(
 
   def update_fn(updates, state, params=None):
     leaves = _prepare(updates, params, mask, owner, layer_order, rotation_axes)
-    rate = _rates.rate_at(learning_rate, state.count)
-    rates = layer_rates(rate, leaves.plan, alpha, depth_exponent)
+    rhos = _rates.leaf_rates(
+        learning_rate, state.count, leaves.params, params, leaves.plan.axes, owner
+    )
+    rates = layer_rates(rhos, leaves.plan, alpha, depth_exponent)
     out = []
-    for s, w, layer, rho_l, dot in zip(
-        leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, rates,
+    for s, w, layer, rho, rho_l, dot in zip(
+        leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, rhos, rates,
         reducers(leaves.plan, axis_name),
     ):
       if layer:
-        rho_l = jnp.where(dot(w, w) > 0, rho_l, rate)
+        rho_l = jnp.where(dot(w, w) > 0, rho_l, rho)
       out.append((-rho_l * _tree.as_f32(s)).astype(jnp.result_type(s)))
     new_state = ScaleByLayerRatesState(count=optax.safe_increment(state.count))
     return leaves.updates.unflatten(out), new_state

@@ -104,6 +104,41 @@ def leaves_by_path(tree: Any) -> dict[str, Any]:
   return dict(zip(flat.paths, flat.leaves))
 
 
+class _Boxed:
+  """Keeps one prefix value whole while it is spread over a subtree."""
+
+  __slots__ = ("value",)
+
+  def __init__(self, value):
+    self.value = value
+
+
+def broadcast_prefix(
+    prefix: Any, tree: Any, is_leaf: Callable[[Any], bool]
+) -> list[Any] | None:
+  """One value per leaf of ``tree``: the ``prefix`` leaf above it; ``None`` if no fit.
+
+  ``prefix`` is a pytree whose structure is a prefix of ``tree``'s (one value for a whole
+  subtree); ``is_leaf`` says which of its nodes are values (tuples of axes, schedules,
+  ``None``...). A Flax NNX ``State`` is also matched through its pure dict, so plain dicts
+  work as prefixes of a ``State``.
+  """
+  targets = [unwrap(tree)]
+  pure = nnx_pure_dict(targets[0])
+  if pure is not None:
+    targets.append(pure)
+  for target in targets:
+    try:
+      boxed = jax.tree.map(
+          lambda v, sub: jax.tree.map(lambda _: _Boxed(v), sub), prefix, target,
+          is_leaf=is_leaf,
+      )
+    except (ValueError, TypeError):
+      continue
+    return [b.value for b in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, _Boxed))]
+  return None
+
+
 def check_params(params: Any, owner: str) -> None:
   """Raises the optax-style error for a transform that needs ``params``."""
   if params is None:

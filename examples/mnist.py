@@ -18,6 +18,10 @@ Run from the repository root::
 
   python -m examples.mnist                      # about 3 minutes on 2 CPU cores
   python -m examples.mnist --epochs 3 --out /tmp/mnist
+  python -m examples.mnist --data fashion-mnist --data-limit 10000
+  python -m examples.mnist --data cifar10 --data-dir ~/data/cifar-10-batches-py
+
+(``--data`` and ``--data-dir`` are described in ``examples/README.md``.)
 """
 
 from __future__ import annotations
@@ -55,15 +59,15 @@ def step_decay(
   )
 
 
-def load_data(name: str, *, seed: int, limit: int | None) -> data_lib.Dataset:
-  """The dataset called ``name`` ('mnist_5k', or 'synthetic' for quick checks)."""
-  if name == "mnist_5k":
-    data = data_lib.load_mnist_5k(seed=seed)
-  elif name == "synthetic":
-    data = data_lib.synthetic_dataset(seed=seed)
-  else:
-    raise ValueError(f"Unknown dataset {name!r}; choose 'mnist_5k' or 'synthetic'.")
-  return data_lib.limit_train_set(data, limit)
+def load_data(
+    name: str,
+    *,
+    seed: int,
+    limit: int | None,
+    directory: str | pathlib.Path | None = None,
+) -> data_lib.Dataset:
+  """The dataset called ``name`` (see :func:`examples.data.load_dataset`)."""
+  return data_lib.load_dataset(name, directory=directory, seed=seed, limit=limit)
 
 
 def run_comparison(
@@ -151,19 +155,14 @@ def save_results(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m examples.mnist",
-      description="Layca vs plain SGD on 5,000 MNIST digits: accuracy and layer rotation.",
+      description="Layca vs plain SGD on 5,000 MNIST digits (or --data ...): accuracy and "
+      "layer rotation.",
   )
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--seed", type=int, default=0, help="initialisation, split, batches")
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("out/mnist"))
-  parser.add_argument(
-      "--data-limit", type=int, default=None, help="use at most this many training images"
-  )
-  parser.add_argument(
-      "--data", choices=("mnist_5k", "synthetic"), default="mnist_5k",
-      help="'synthetic' is a few random images, for smoke tests",
-  )
+  data_lib.add_data_arguments(parser)  # --data, --data-dir, --data-limit
   parser.add_argument(
       "--stages", type=lambda s: tuple(int(w) for w in s.split(",")), default=(16, 32, 64),
       help="filters per stage, comma separated (default 16,32,64)",
@@ -177,7 +176,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = load_data(args.data, seed=args.seed, limit=args.data_limit)
+  data = data_lib.dataset_from_args(args)
   print(
       f"{data.name}: {len(data.x_train)} training and {len(data.x_test)} test images "
       f"{data.x_train.shape[1:]}, {data.num_classes} classes"

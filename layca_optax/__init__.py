@@ -8,10 +8,18 @@ generalization in deep networks?", 2019).
 """
 
 from layca_optax._axes import output_unit_axes, stacked_layer_axes, whole_leaf_axes
+from layca_optax._curves import (
+    CurveBuffer,
+    LayerRotationCurves,
+    init_curve_buffer,
+    record_curve,
+)
 from layca_optax._layca import LaycaState, layca
 from layca_optax._layers import alpha_multipliers, default_mask
+from layca_optax._logging import rotation_scalars
 from layca_optax._monitor import MeasureRotationState, measure_rotation, rotation_rates
 from layca_optax._order import forward_order, natural_order
+from layca_optax._plotting import plot_layer_rotation_curves, plot_rotation_rates
 from layca_optax._rates import PerLeafRates, replay_rates
 from layca_optax._rotation import cosine_distance, rotation_angle
 from layca_optax._transforms import (
@@ -28,7 +36,9 @@ from layca_optax._tree import leaf_paths, leaves_by_path
 __version__ = "0.1.0"
 
 __all__ = [
+    "CurveBuffer",
     "LaycaState",
+    "LayerRotationCurves",
     "MeasureRotationState",
     "PARALLEL_RTOL",
     "PerLeafRates",
@@ -38,6 +48,7 @@ __all__ = [
     "cosine_distance",
     "default_mask",
     "forward_order",
+    "init_curve_buffer",
     "layca",
     "leaf_paths",
     "leaves_by_path",
@@ -45,11 +56,15 @@ __all__ = [
     "natural_order",
     "normalize_rotation",
     "output_unit_axes",
+    "plot_layer_rotation_curves",
+    "plot_rotation_rates",
     "project_orthogonal",
     "project_to_sphere",
+    "record_curve",
     "replay_rates",
     "rotation_angle",
     "rotation_rates",
+    "rotation_scalars",
     "scale_by_layer_rates",
     "stacked_layer_axes",
     "whole_leaf_axes",

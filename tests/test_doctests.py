@@ -2,10 +2,20 @@
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
-MODULES = ["_axes", "_layca", "_layers", "_order", "_rotation", "_transforms", "_tree"]
+import layca_optax
+
+# Every private implementation module holds public functions, each with an example.
+MODULES = sorted(
+    m.name for m in pkgutil.iter_modules(layca_optax.__path__) if m.name.startswith("_")
+)
+
+
+def test_every_module_is_collected():
+  assert {"_layca", "_monitor", "_curves", "_plotting", "_logging", "_rates"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -49,16 +49,24 @@ def run_title(name: str, history: History) -> str:
   return f"{name}: test accuracy {100 * history.final_test_accuracy:.1f}%"
 
 
-def save_comparison_figure(path: str | pathlib.Path, runs: Mapping[str, History]) -> Figure:
-  """Saves the runs' layer rotation curves side by side (one panel per run) to ``path``.
+def save_comparison_figure(
+    path: str | pathlib.Path, runs: Mapping[str, History], *, columns: int | None = None
+) -> Figure:
+  """Saves the runs' layer rotation curves (one panel per run) to ``path``.
 
-  Returns the figure, e.g. to display it in a notebook.
+  Panels are laid out ``columns`` per row (default: all in one row). Returns the figure,
+  e.g. to display it in a notebook.
   """
   if not runs:
     raise ValueError("save_comparison_figure needs at least one run.")
+  columns = min(columns or len(runs), len(runs))
+  rows = -(-len(runs) // columns)
   width, height = PANEL_SIZE
-  fig = Figure(figsize=(width * len(runs) + 0.8, height), layout="constrained")
-  axes = fig.subplots(1, len(runs), sharey=True, squeeze=False)[0]
+  fig = Figure(figsize=(width * columns + 0.8, height * rows), layout="constrained")
+  grid = fig.subplots(rows, columns, sharey=True, squeeze=False)
+  axes = grid.ravel()[: len(runs)]
+  for ax in grid.ravel()[len(runs):]:
+    ax.set_visible(False)
   for ax, (name, history) in zip(axes, runs.items()):
     # History records are whole epochs: one "step" per epoch puts x in epochs.
     layca_optax.plot_layer_rotation_curves(
@@ -66,10 +74,10 @@ def save_comparison_figure(path: str | pathlib.Path, runs: Mapping[str, History]
         title=run_title(name, history), colorbar=False,
     )
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-  for ax in axes[1:]:
+  for ax in grid[:, 1:].ravel():
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())
-  add_depth_colour_bar(fig, axes, num_layers)
+  add_depth_colour_bar(fig, list(grid.ravel()), num_layers)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=130)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -45,6 +45,8 @@ class History:
     layer_paths: the kernels' paths, input layer first.
     record_epochs: where the curves were recorded: ``0`` (initialisation), then ``1..E``.
     cosine_distances: one list per record point, one value per layer of ``layer_paths``.
+    rotation_rates: with ``record_rotation_rates``, each layer's rotation angle (radians)
+      at every step, ``{path: [angle of step 1, step 2, ...]}``; else empty.
     wall_time: seconds spent in :func:`train`, compilation included.
   """
 
@@ -57,6 +59,7 @@ class History:
   layer_paths: list[str] = dataclasses.field(default_factory=list)
   record_epochs: list[int] = dataclasses.field(default_factory=list)
   cosine_distances: list[list[float]] = dataclasses.field(default_factory=list)
+  rotation_rates: dict[str, list[float]] = dataclasses.field(default_factory=dict)
   wall_time: float = 0.0
 
   def final_cosine_distances(self) -> dict[str, float]:
@@ -106,26 +109,6 @@ def eval_mode(model: nnx.Module) -> Iterator[nnx.Module]:
       model.train()
 
 
-def select(params: nnx.State, paths: Sequence[str]) -> dict[str, jax.Array]:
-  """The leaves of ``params`` at ``paths``, as a dict in the order of ``paths``."""
-  by_path = layca_optax.leaves_by_path(params)
-  return {path: by_path[path] for path in paths}
-
-
-def make_rotation_recorder(
-    init_params: nnx.State, paths: Sequence[str]
-) -> Callable[[nnx.State], list[float]]:
-  """A function from current params to the cosine distance of each ``paths`` kernel."""
-  # Copy: a donated or updated-in-place buffer must not change the reference point.
-  init_kernels = jax.tree.map(jnp.array, select(init_params, paths))
-
-  def record(params: nnx.State) -> list[float]:
-    values = layca_optax.cosine_distance(select(params, paths), init_kernels)
-    return [float(values[path]) for path in paths]
-
-  return record
-
-
 def cross_entropy_loss(model: nnx.Module, x: jax.Array, y: jax.Array):
   """Mean cross-entropy of ``model`` on a batch, and the logits as auxiliary output."""
   logits = model(x)
@@ -140,6 +123,14 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x, y):
   (loss, logits), grads = grad_fn(model, x, y)
   optimizer.update(model, grads)
   return loss, jnp.sum(jnp.argmax(logits, axis=-1) == y)
+
+
+@nnx.jit
+def train_step_with_rates(model: nnx.Module, optimizer: nnx.Optimizer, x, y):
+  """:func:`train_step`, plus the step's rotation angles (``measure_rotation`` last)."""
+  loss, hits = train_step(model, optimizer, x, y)
+  angles = layca_optax.leaves_by_path(layca_optax.rotation_rates(optimizer.opt_state))
+  return loss, hits, angles
 
 
 @nnx.jit
@@ -181,6 +172,7 @@ def train(
     progress: bool = True,
     eval_every_epoch: bool = True,
     description: str | None = None,
+    record_rotation_rates: bool = False,
 ) -> History:
   """Trains ``model`` in place with ``tx`` and records its layer rotation curves.
 
@@ -194,6 +186,9 @@ def train(
     progress: show a tqdm progress bar over steps with the running loss.
     eval_every_epoch: measure test accuracy after every epoch (otherwise after the last).
     description: label of the progress bar.
+    record_rotation_rates: append ``layca_optax.measure_rotation()`` to ``tx`` and keep
+      every step's per-kernel rotation angle in ``History.rotation_rates`` (one small
+      device array per step, fetched once at the end).
 
   Returns:
     A :class:`History`.
@@ -202,12 +197,22 @@ def train(
     raise ValueError(f"epochs must be at least 1, got {epochs}.")
   start_time = time.perf_counter()
   history = History(layer_paths=kernel_paths(model, data.x_train[:1]))
-  record = make_rotation_recorder(params_of(model), history.layer_paths)
-  history.record_epochs.append(0)
-  history.cosine_distances.append(record(params_of(model)))
+  curves = layca_optax.LayerRotationCurves(
+      params_of(model), layer_order=history.layer_paths
+  )
 
+  def record(epoch: int) -> None:
+    curves.record(epoch, params_of(model))
+    history.record_epochs.append(epoch)
+    history.cosine_distances.append([curves.values[p][-1] for p in history.layer_paths])
+
+  record(0)
   model.train()
+  if record_rotation_rates:
+    tx = optax.chain(tx, layca_optax.measure_rotation())
+  step_fn = train_step_with_rates if record_rotation_rates else train_step
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  rates = []
   rng = np.random.default_rng(seed)
   steps_per_epoch = data_lib.num_batches(len(data.x_train), batch_size)
   bar = tqdm(
@@ -219,7 +224,8 @@ def train(
       for step, (x, y) in enumerate(
           data_lib.batches(data.x_train, data.y_train, batch_size, rng)
       ):
-        loss, hits = train_step(model, optimizer, x, y)
+        loss, hits, *angles = step_fn(model, optimizer, x, y)
+        rates += angles
         losses.append(loss)
         correct.append(hits)
         bar.update()
@@ -234,8 +240,7 @@ def train(
       history.test_accuracy.append(
           evaluate(model, data.x_test, data.y_test) if evaluate_now else None
       )
-      history.record_epochs.append(epoch)
-      history.cosine_distances.append(record(params_of(model)))
+      record(epoch)
       if progress:
         bar.set_postfix(
             epoch=epoch,
@@ -243,6 +248,9 @@ def train(
             test_acc=_format_accuracy(history.test_accuracy[-1]),
         )
 
+  if rates:
+    stacked = jax.device_get(jax.tree.map(lambda *a: jnp.stack(a), *rates))
+    history.rotation_rates = {p: stacked[p].tolist() for p in history.layer_paths}
   history.final_test_accuracy = history.test_accuracy[-1]
   history.final_train_accuracy = evaluate(model, data.x_train, data.y_train)
   history.wall_time = time.perf_counter() - start_time

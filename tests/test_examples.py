@@ -53,10 +53,12 @@ def test_curves_start_at_zero_and_layca_moves_every_layer(tiny_run):
 
 
 def test_step_decay_multiplies_the_rate_at_80_percent_of_training():
-  schedule = mnist.step_decay(0.3, epochs=10, steps_per_epoch=5)
+  from examples import optimizers
+
+  schedule = optimizers.step_decay(0.3, epochs=10, steps_per_epoch=5)
   assert float(schedule(39)) == pytest.approx(0.3)
-  assert float(schedule(40)) == pytest.approx(0.3 * mnist.DECAY_FACTOR)
-  assert float(mnist.step_decay(0.3, epochs=1, steps_per_epoch=5)(4)) == pytest.approx(0.3)
+  assert float(schedule(40)) == pytest.approx(0.3 * optimizers.DECAY_FACTOR)
+  assert float(optimizers.step_decay(0.3, epochs=1, steps_per_epoch=5)(4)) == pytest.approx(0.3)
 
 
 def test_train_learns_and_records_every_epoch():
@@ -131,3 +133,22 @@ def test_synthetic_dataset_format():
   assert data.x_train.shape == (20, 6, 6, 3) and data.x_test.shape == (10, 6, 6, 3)
   assert data.x_train.dtype == np.float32 and data.y_test.dtype == np.int32
   assert data.y_train.max() < data.num_classes
+
+
+def test_train_records_every_steps_rotation_rates():
+  optax = pytest.importorskip("optax")
+  from flax import nnx
+
+  import layca_optax
+  from examples import models, training
+
+  data = data_lib.synthetic_dataset(num_train=64, num_test=32, image_size=4)
+  model = models.MLP(hidden=16, in_features=4 * 4, rngs=nnx.Rngs(0))
+  history = training.train(
+      model, layca_optax.layca(0.1), data, epochs=2, batch_size=16, progress=False,
+      record_rotation_rates=True,
+  )
+  assert set(history.rotation_rates) == set(history.layer_paths)
+  for angles in history.rotation_rates.values():
+    assert len(angles) == 2 * 4  # every step of both epochs
+    np.testing.assert_allclose(angles, np.arctan(0.1), rtol=1e-5)

@@ -1,0 +1,208 @@
+"""What every experiment script shares: options, runs from one initialisation, outputs.
+
+An experiment is a set of named runs. Each run is an optimizer factory, called with the
+:class:`RunContext` (epochs, steps per epoch, the kernels' forward order) so that
+schedules and alpha can be built for the data at hand. :func:`run_all` trains a copy of
+the same initial model for each run on the same minibatches; :func:`save_outputs` writes
+the layer rotation curves (PNG), the numbers (``results.json``) and a markdown summary
+(``summary.md``) to the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optax
+from flax import nnx
+
+from examples import data as data_lib
+from examples import models, plotting, training
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+  """What an optimizer factory may need to know about the training run."""
+
+  epochs: int
+  steps_per_epoch: int
+  layer_order: tuple[str, ...]  # the kernels' paths, input layer first
+
+  @property
+  def total_steps(self) -> int:
+    return self.epochs * self.steps_per_epoch
+
+
+OptimizerFactory = Callable[[RunContext], optax.GradientTransformation]
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+  return tuple(int(w) for w in text.split(","))
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, epochs: int, out: str, model: bool = True
+) -> argparse.ArgumentParser:
+  """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size."""
+  parser.add_argument("--epochs", type=int, default=epochs)
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--seed", type=int, default=0, help="initialisation, split, batches")
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(out))
+  parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  data_lib.add_data_arguments(parser)  # --data, --data-dir, --data-limit
+  if model:
+    parser.add_argument(
+        "--stages", type=_int_tuple, default=(16, 32, 64),
+        help="filters per stage of the VGG-style CNN, comma separated (default 16,32,64)",
+    )
+    parser.add_argument("--convs-per-stage", type=int, default=2)
+  return parser
+
+
+def load_data(args: argparse.Namespace) -> data_lib.Dataset:
+  """The dataset the options name (``--data``...); prints its size."""
+  data = data_lib.dataset_from_args(args)
+  print(
+      f"{data.name}: {len(data.x_train)} training and {len(data.x_test)} test images "
+      f"{data.x_train.shape[1:]}, {data.num_classes} classes"
+  )
+  return data
+
+
+def vgg_from_args(args: argparse.Namespace, data: data_lib.Dataset) -> models.VGGNet:
+  """The experiments' CNN: the paper's C10-CNN1 design at the size the options give."""
+  return models.VGGNet(
+      args.stages, args.convs_per_stage, data.num_classes,
+      in_channels=data.x_train.shape[-1], rngs=nnx.Rngs(args.seed),
+  )
+
+
+def run_all(
+    data: data_lib.Dataset,
+    runs: Mapping[str, OptimizerFactory],
+    model: nnx.Module,
+    *,
+    epochs: int,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool = True,
+    **train_kwargs: Any,
+) -> dict[str, training.History]:
+  """Trains a copy of ``model`` (same initial weights) with each run's optimizer.
+
+  Every run sees the same minibatches (same ``seed``). ``train_kwargs`` go to
+  :func:`examples.training.train` (e.g. ``record_rotation_rates=True``).
+  """
+  context = RunContext(
+      epochs=epochs,
+      steps_per_epoch=data_lib.num_batches(len(data.x_train), batch_size),
+      layer_order=tuple(training.kernel_paths(model, data.x_train[:1])),
+  )
+  histories = {}
+  for name, make_optimizer in runs.items():
+    histories[name] = training.train(
+        nnx.clone(model), make_optimizer(context), data, epochs=epochs,
+        batch_size=batch_size, seed=seed, progress=progress, description=name,
+        **train_kwargs,
+    )
+  return histories
+
+
+def results_table(histories: Mapping[str, training.History]) -> str:
+  """Accuracies and times per run, then each layer's final cosine distance per run."""
+  names = list(histories)
+  width = max(12, *(len(name) for name in names))
+  lines = [f"{'run':<{width}} {'test acc':>9} {'train acc':>9} {'time (s)':>9}"]
+  for name, history in histories.items():
+    lines.append(
+        f"{name:<{width}} {history.final_test_accuracy:>9.4f} "
+        f"{history.final_train_accuracy:>9.4f} {history.wall_time:>9.1f}"
+    )
+  paths = histories[names[0]].layer_paths
+  path_width = max(len("layer"), *(len(path) for path in paths))
+  lines += ["", "Final cosine distance to the initialisation, input layer first:"]
+  lines.append(f"{'layer':<{path_width}} " + " ".join(f"{n:>{width}}" for n in names))
+  finals = {name: history.final_cosine_distances() for name, history in histories.items()}
+  for path in paths:
+    values = " ".join(f"{finals[name][path]:>{width}.4f}" for name in names)
+    lines.append(f"{path:<{path_width}} {values}")
+  return "\n".join(lines)
+
+
+def markdown_summary(
+    title: str, histories: Mapping[str, training.History], config: Mapping[str, Any],
+    notes: Sequence[str] = (),
+) -> str:
+  """A markdown report: the configuration, one row per run, and free-form notes."""
+  lines = [f"# {title}", ""]
+  lines += [f"- {key}: `{value}`" for key, value in config.items()]
+  lines += [
+      "", "| run | test accuracy | train accuracy | final cosine distance (first -> last "
+      "layer) | time (s) |", "|---|---|---|---|---|",
+  ]
+  for name, history in histories.items():
+    finals = ", ".join(f"{d:.2f}" for d in history.final_cosine_distances().values())
+    lines.append(
+        f"| {name} | {100 * history.final_test_accuracy:.1f} % | "
+        f"{100 * history.final_train_accuracy:.1f} % | {finals} | {history.wall_time:.0f} |"
+    )
+  if notes:
+    lines += [""] + list(notes)
+  return "\n".join(lines) + "\n"
+
+
+def jsonable_config(args: argparse.Namespace, data: data_lib.Dataset) -> dict[str, Any]:
+  """The command-line options (paths as text) and the dataset's name and sizes."""
+  config = {
+      key: str(value) if isinstance(value, pathlib.Path) else value
+      for key, value in vars(args).items()
+  }
+  config.update(
+      dataset=data.name, train_size=len(data.x_train), test_size=len(data.x_test)
+  )
+  return config
+
+
+def save_outputs(
+    out_dir: pathlib.Path,
+    histories: Mapping[str, training.History],
+    config: Mapping[str, Any],
+    *,
+    title: str,
+    figure_name: str = "layer_rotation.png",
+    columns: int | None = None,
+    notes: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> list[pathlib.Path]:
+  """Writes the curves figure, ``results.json`` and ``summary.md``; returns their paths.
+
+  ``extra`` adds entries to the JSON (e.g. an experiment's own measurements).
+  """
+  out_dir.mkdir(parents=True, exist_ok=True)
+  figure_path = out_dir / figure_name
+  plotting.save_comparison_figure(figure_path, histories, columns=columns)
+  json_path = out_dir / "results.json"
+  results = {
+      "config": dict(config),
+      "runs": {name: history.to_dict() for name, history in histories.items()},
+      **(extra or {}),
+  }
+  json_path.write_text(json.dumps(results, indent=1))
+  summary_path = out_dir / "summary.md"
+  summary_path.write_text(markdown_summary(title, histories, config, notes))
+  return [figure_path, json_path, summary_path]
+
+
+def report(
+    out_dir: pathlib.Path, histories: Mapping[str, training.History],
+    config: Mapping[str, Any], **save_kwargs: Any,
+) -> None:
+  """Prints the results table and saves the outputs (see :func:`save_outputs`)."""
+  print()
+  print(results_table(histories))
+  for path in save_outputs(out_dir, histories, config, **save_kwargs):
+    print(f"wrote {path}")

@@ -165,6 +165,8 @@ def test_scanned_flax_model_trains_with_per_block_alpha():
     return optax.apply_updates(p, updates), state, loss
 
   state = tx.init(params)
+  recorder = lo.LayerRotationCurves(params, layer_order=order, rotation_axes=axes)
+  recorder.record(0, params)
   first, state, loss0 = step(params, state)
   angles = lo.rotation_angle(first, params, rotation_axes=axes)
   m = lo.alpha_multipliers(5, 0.5)  # stem, block 0, 1, 2, head
@@ -173,9 +175,20 @@ def test_scanned_flax_model_trains_with_per_block_alpha():
                              np.arctan(0.05 * m[1:4]), rtol=1e-4)
   np.testing.assert_allclose(angles["head"]["kernel"], np.arctan(0.05 * m[4]), rtol=1e-4)
   p = first
-  for _ in range(60):
+  for t in range(60):
     p, state, loss = step(p, state)
+    if t % 20 == 19:
+      recorder.record(t + 2, p)
   assert float(loss) < 0.7 * float(loss0)
   curves = lo.cosine_distance(p, params, rotation_axes=axes)
   per_block = curves["blocks"]["Dense_0"]["kernel"]
-  assert per_block.shape == (3,) and np.all(per_block > 0)  # one curve per block
+  assert per_block.shape == (3,) and np.all(per_block > 0)  # one value per block
+  # The layer rotation curves: one curve per block, in depth order between stem and head.
+  assert recorder.paths == [
+      "stem/kernel", "blocks/Dense_0/kernel[0]", "blocks/Dense_0/kernel[1]",
+      "blocks/Dense_0/kernel[2]", "head/kernel"]
+  assert all(values[0] == 0.0 for values in recorder.values.values())
+  np.testing.assert_allclose(
+      [recorder.values[f"blocks/Dense_0/kernel[{i}]"][-1] for i in range(3)], per_block,
+      rtol=1e-6,
+  )

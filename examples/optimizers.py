@@ -113,8 +113,10 @@ def cap_norm_growth(max_growth: float = 1e-4) -> optax.GradientTransformation:
   r"""Caps each kernel's norm *increase* per step at ``max_growth * ||w_0||``.
 
   With :math:`w' = w + u`: if :math:`\|w'\| > \|w\| + c \|w_0\|` then :math:`w'` is scaled
-  back to that norm; decreases are not capped (Supplementary A.4 of the paper). Kernels
-  are ``layca_optax.default_mask``'s layers (``ndim >= 2``); other leaves pass.
+  back to that norm (its direction is kept); otherwise, decreases included, the update
+  passes unchanged (Supplementary A.4 of the paper). Kernels are
+  ``layca_optax.default_mask``'s layers (``ndim >= 2``); other leaves, and kernels whose
+  initial norm is zero (no reference norm), pass. Must come last in a chain.
   """
   def init_fn(params):
     leaves = layca_optax.leaves_by_path(params).values()
@@ -126,10 +128,12 @@ def cap_norm_growth(max_growth: float = 1e-4) -> optax.GradientTransformation:
     def cap(u, w, norm0):
       if jnp.ndim(w) < 2:
         return u
-      new = jnp.asarray(w, jnp.float32) + u
-      limit, new_norm = _norm(w) + max_growth * norm0, _norm(new)
-      scale = jnp.where(new_norm > limit, limit / jnp.maximum(new_norm, 1e-30), 1.0)
-      return (new * scale - w).astype(u.dtype)
+      w32 = jnp.asarray(w, jnp.float32)
+      new = w32 + jnp.asarray(u, jnp.float32)
+      limit, new_norm = _norm(w32) + max_growth * norm0, _norm(new)
+      capped = new * (limit / jnp.maximum(new_norm, 1e-30)) - w32
+      # Uncapped updates are returned as they are (not as (w + u) - w, which rounds).
+      return jnp.where((new_norm > limit) & (norm0 > 0), capped, u).astype(u.dtype)
 
     leaves, treedef = jax.tree.flatten(updates)
     capped = map(cap, leaves, jax.tree.leaves(params), state.initial_norms)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -173,6 +173,7 @@ def train(
     eval_every_epoch: bool = True,
     description: str | None = None,
     record_rotation_rates: bool = False,
+    epoch_callback: Callable[[int, nnx.Module], None] | None = None,
 ) -> History:
   """Trains ``model`` in place with ``tx`` and records its layer rotation curves.
 
@@ -189,6 +190,8 @@ def train(
     record_rotation_rates: append ``layca_optax.measure_rotation()`` to ``tx`` and keep
       every step's per-kernel rotation angle in ``History.rotation_rates`` (one small
       device array per step, fetched once at the end).
+    epoch_callback: called as ``epoch_callback(epoch, model)`` after each record of the
+      curves (epoch 0, then the end of every epoch), e.g. to measure the weights' norms.
 
   Returns:
     A :class:`History`.
@@ -205,6 +208,8 @@ def train(
     curves.record(epoch, params_of(model))
     history.record_epochs.append(epoch)
     history.cosine_distances.append([curves.values[p][-1] for p in history.layer_paths])
+    if epoch_callback is not None:
+      epoch_callback(epoch, model)
 
   record(0)
   model.train()

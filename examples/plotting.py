@@ -12,6 +12,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
 from matplotlib import cm, colors, ticker
 from matplotlib.figure import Figure
 
@@ -50,12 +51,17 @@ def run_title(name: str, history: History) -> str:
 
 
 def save_comparison_figure(
-    path: str | pathlib.Path, runs: Mapping[str, History], *, columns: int | None = None
+    path: str | pathlib.Path,
+    runs: Mapping[str, History],
+    *,
+    columns: int | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> Figure:
   """Saves the runs' layer rotation curves (one panel per run) to ``path``.
 
-  Panels are laid out ``columns`` per row (default: all in one row). Returns the figure,
-  e.g. to display it in a notebook.
+  Panels are laid out ``columns`` per row (default: all in one row). The y axis goes from
+  0 to 1 (the paper's style) unless ``ylim`` is given, e.g. to zoom on short runs. Returns
+  the figure, e.g. to display it in a notebook.
   """
   if not runs:
     raise ValueError("save_comparison_figure needs at least one run.")
@@ -74,6 +80,101 @@ def save_comparison_figure(
         title=run_title(name, history), colorbar=False,
     )
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    if ylim is not None:
+      ax.set_ylim(*ylim)
+  for ax in grid[:, 1:].ravel():
+    ax.set_ylabel("")
+  num_layers = max(len(history.layer_paths) for history in runs.values())
+  add_depth_colour_bar(fig, list(grid.ravel()), num_layers)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
+  return fig
+
+
+#: History attributes that :func:`save_training_curves_figure` can draw, and their labels.
+TRAINING_METRICS = {
+    "train_loss": "Training loss",
+    "train_accuracy": "Training accuracy",
+    "test_accuracy": "Test accuracy",
+}
+
+
+def save_training_curves_figure(
+    path: str | pathlib.Path,
+    runs: Mapping[str, History],
+    *,
+    metrics: tuple[str, ...] = ("train_loss", "train_accuracy", "test_accuracy"),
+    log_loss: bool = True,
+) -> Figure:
+  """Saves per-epoch training curves: one panel per metric, one line per run.
+
+  ``metrics`` are names of :data:`TRAINING_METRICS` (per-epoch lists of a ``History``);
+  epochs without a value (``None``: not evaluated) are skipped. Returns the figure.
+  """
+  if not runs:
+    raise ValueError("save_training_curves_figure needs at least one run.")
+  unknown = [m for m in metrics if m not in TRAINING_METRICS]
+  if unknown:
+    raise ValueError(f"unknown metrics {unknown}; choose from {list(TRAINING_METRICS)}.")
+  width, height = PANEL_SIZE
+  fig = Figure(figsize=(width * len(metrics), height), layout="constrained")
+  axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
+  for ax, metric in zip(axes, metrics):
+    for name, history in runs.items():
+      points = [
+          (epoch, value)
+          for epoch, value in zip(history.epochs, getattr(history, metric))
+          if value is not None
+      ]
+      if points:
+        ax.plot(*zip(*points), marker="o", markersize=3, label=name)
+    if metric == "train_loss" and log_loss:
+      ax.set_yscale("log")
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(TRAINING_METRICS[metric])
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize="small")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
+  return fig
+
+
+def save_rotation_rates_figure(
+    path: str | pathlib.Path,
+    runs: Mapping[str, History],
+    *,
+    columns: int | None = None,
+    log_scale: bool = True,
+) -> Figure:
+  """Saves each run's per-step rotation of every layer (one panel per run, x in epochs).
+
+  The runs must have been trained with ``record_rotation_rates=True``; each panel is
+  :func:`layca_optax.plot_rotation_rates` of ``History.rotation_rates``, first layer dark.
+  """
+  missing = [name for name, history in runs.items() if not history.rotation_rates]
+  if not runs or missing:
+    raise ValueError(
+        "save_rotation_rates_figure needs runs trained with record_rotation_rates=True; "
+        f"no rates in {missing or 'an empty mapping'}."
+    )
+  columns = min(columns or len(runs), len(runs))
+  rows = -(-len(runs) // columns)
+  width, height = PANEL_SIZE
+  fig = Figure(figsize=(width * columns + 0.8, height * rows), layout="constrained")
+  grid = fig.subplots(rows, columns, sharey=True, squeeze=False)
+  for ax in grid.ravel()[len(runs):]:
+    ax.set_visible(False)
+  for ax, (name, history) in zip(grid.ravel(), runs.items()):
+    rates = {path: np.asarray(angles) for path, angles in history.rotation_rates.items()}
+    num_steps = len(next(iter(rates.values())))
+    layca_optax.plot_rotation_rates(
+        rates, ax, layer_order=history.layer_paths,
+        steps=range(1, num_steps + 1), steps_per_epoch=num_steps / len(history.epochs),
+        log_scale=log_scale, title=name, colorbar=False,
+    )
   for ax in grid[:, 1:].ravel():
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())

@@ -136,7 +136,6 @@ def test_synthetic_dataset_format():
 
 
 def test_train_records_every_steps_rotation_rates():
-  optax = pytest.importorskip("optax")
   from flax import nnx
 
   import layca_optax

@@ -50,12 +50,12 @@ def test_quick_run_writes_the_expected_json(tmp_path, capsys):
   assert {"cpu", "cores", "jax", "optax"} <= set(results["machine"])
   tree = results["trees"]["vgg18m"]
   assert tree["leaves"] == 34
-  expected = set(run.OPTIMIZERS) | {"cosine_distance"}
+  expected = set(run.OPTIMIZERS) | set(run.MEASUREMENTS)
   assert set(tree["candidates"]) == expected
   for name, c in tree["candidates"].items():
     for key in ("step_ms", "ratio", "ratio_q1", "ratio_q3", "compile_s", "compile_ratio"):
       assert positive_finite(c[key]), (name, key, c[key])
-    assert c["state_bytes"] is None if name == "cosine_distance" else c["state_bytes"] >= 0
+    assert c["state_bytes"] is None if name in run.MEASUREMENTS else c["state_bytes"] >= 0
   assert tree["candidates"]["sgd_momentum"]["ratio"] == 1.0
   # Layca keeps O(leaves) scalars beyond its base's state, nothing per parameter.
   assert all(0 < b <= 8 * tree["leaves"] + 8 for b in tree["layca_extra_state_bytes"].values())
@@ -70,7 +70,7 @@ def test_targets_are_computed_from_a_complete_run():
       "layca_extra_state_bytes": {"none": 44, "trace": 44, "adam": 44},
       "candidates": {
           name: {"ratio": 1.5, "compile_ratio": 1.5}
-          for name in list(run.OPTIMIZERS) + ["cosine_distance"]
+          for name in list(run.OPTIMIZERS) + list(run.MEASUREMENTS)
       },
   }
   results = {
@@ -78,5 +78,5 @@ def test_targets_are_computed_from_a_complete_run():
       "end_to_end": {"candidates": {"layca": {"ratio": 1.01}}},
   }
   rows = run.targets(results)
-  assert len(rows) == 9
+  assert len(rows) == 10
   assert all(isinstance(r["met"], bool) and math.isfinite(r["measured"]) for r in rows)

@@ -16,7 +16,7 @@ Layca layer to reach a cosine distance of 1; here they reach 0.06 to 0.33 (seed 
 
 Run from the repository root::
 
-  python -m examples.mnist                      # about 3 minutes on 2 CPU cores
+  python -m examples.mnist                      # about 2 minutes on 2 CPU cores
   python -m examples.mnist --epochs 3 --out /tmp/mnist
   python -m examples.mnist --data fashion-mnist --data-limit 10000
   python -m examples.mnist --data cifar10 --data-dir ~/data/cifar-10-batches-py

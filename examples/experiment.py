@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,6 +43,25 @@ OptimizerFactory = Callable[[RunContext], optax.GradientTransformation]
 
 def _int_tuple(text: str) -> tuple[int, ...]:
   return tuple(int(w) for w in text.split(","))
+
+
+def parse_rate(text: str) -> float:
+  """A rate written ``3^-3``, ``3**-3``, ``3^-2.5`` or as a number (``0.037``)."""
+  base, sep, exponent = text.strip().replace("**", "^").partition("^")
+  return float(base) ** float(exponent) if sep else float(text)
+
+
+def rate_list(text: str) -> tuple[float, ...]:
+  """Comma-separated rates (see :func:`parse_rate`), e.g. ``3^-2,3^-3,0.01``."""
+  return tuple(parse_rate(w) for w in text.split(",") if w.strip())
+
+
+def format_rate(rate: float) -> str:
+  """``3^-3`` for a power of 3 (to 1e-6 relative), else the number itself."""
+  exponent = round(math.log(rate, 3)) if rate > 0 else None
+  if exponent is not None and math.isclose(rate, 3.0**exponent, rel_tol=1e-6):
+    return f"3^{exponent}"
+  return f"{rate:g}"
 
 
 def add_common_arguments(

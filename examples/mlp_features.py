@@ -53,6 +53,7 @@ from matplotlib.figure import Figure
 import layca_optax
 from examples import data as data_lib
 from examples import experiment, linen, optimizers, training
+from examples.experiment import rate_list
 
 RATES = (3.0**-2, 3.0**-2.5, 3.0**-3, 3.0**-4)  # rho(0), largest rotation first
 EPOCHS = 30
@@ -174,16 +175,6 @@ def save_features_figure(
   return fig
 
 
-def _float_tuple(text: str) -> tuple[float, ...]:
-  return tuple(float(parse_rate(w)) for w in text.split(","))
-
-
-def parse_rate(text: str) -> float:
-  """``'3^-2.5'`` or ``'3**-2.5'`` -> 3**-2.5; any other text is read as a float."""
-  base, sep, exponent = text.replace("**", "^").partition("^")
-  return float(base) ** float(exponent) if sep else float(text)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m examples.mlp_features",
@@ -195,7 +186,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   parser.set_defaults(batch_size=BATCH_SIZE)
   parser.add_argument(
-      "--rates", type=_float_tuple, default=RATES,
+      "--rates", type=rate_list, default=RATES,
       help="Layca's rho(0) per run, comma separated, e.g. 3^-2,3^-3 (default: 3^-2, "
       "3^-2.5, 3^-3, 3^-4)",
   )

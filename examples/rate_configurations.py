@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -56,6 +55,7 @@ from matplotlib.figure import Figure
 
 import layca_optax
 from examples import experiment, optimizers, plotting, training
+from examples.experiment import format_rate, parse_rate, rate_list
 
 RATES = (3.0**-2, 3.0**-3, 3.0**-4, 3.0**-5)  # rho(0) at alpha = 0
 ALPHAS = (-0.6, 0.0, 0.6)  # at ALPHA_RATE
@@ -74,27 +74,6 @@ class Configuration:
   @property
   def name(self) -> str:
     return f"rho(0)={format_rate(self.rho)}, alpha={self.alpha:g}"
-
-
-def format_rate(rate: float) -> str:
-  """``3^-3`` for a power of 3 (to 1e-6 relative), else the number itself."""
-  exponent = round(math.log(rate, 3)) if rate > 0 else None
-  if exponent is not None and math.isclose(rate, 3.0**exponent, rel_tol=1e-6):
-    return f"3^{exponent}"
-  return f"{rate:g}"
-
-
-def parse_rate(text: str) -> float:
-  """A rate written ``3^-3``, ``3**-3`` or as a number (``0.037``)."""
-  text = text.strip().replace("**", "^")
-  if "^" in text:
-    base, exponent = text.split("^")
-    return float(base) ** float(exponent)
-  return float(text)
-
-
-def _rates(text: str) -> tuple[float, ...]:
-  return tuple(parse_rate(w) for w in text.split(",") if w.strip())
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -276,7 +255,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/rate_configurations")
   parser.add_argument(
-      "--rates", type=_rates, default=RATES,
+      "--rates", type=rate_list, default=RATES,
       help="rho(0) values at alpha = 0, comma separated (default 3^-2,3^-3,3^-4,3^-5)",
   )
   parser.add_argument(

@@ -48,7 +48,8 @@ import optax
 
 import layca_optax
 from examples import experiment, optimizers, plotting, training
-from examples.rate_configurations import format_rate, parse_rate, zoom_limits
+from examples.experiment import format_rate, parse_rate, rate_list
+from examples.rate_configurations import zoom_limits
 
 SGD_LRS = (3.0**-2, 3.0**-1, 3.0**0)  # SGD without weight decay
 WD_LR = 3.0**-1  # SGD + weight decay
@@ -195,10 +196,6 @@ def claim_notes(
   return notes
 
 
-def _rates(text: str) -> tuple[float, ...]:
-  return tuple(parse_rate(w) for w in text.split(",") if w.strip())
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m examples.weight_decay",
@@ -207,14 +204,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/weight_decay")
   parser.add_argument(
-      "--sgd-lrs", type=_rates, default=SGD_LRS,
+      "--sgd-lrs", type=rate_list, default=SGD_LRS,
       help="rates of SGD without weight decay, comma separated (default 3^-2,3^-1,3^0)",
   )
   parser.add_argument(
       "--wd-lr", type=parse_rate, default=WD_LR, help="rate of SGD + weight decay (3^-1)"
   )
   parser.add_argument(
-      "--weight-decays", type=_rates, default=WEIGHT_DECAYS,
+      "--weight-decays", type=rate_list, default=WEIGHT_DECAYS,
       help="L2 weight decay values, comma separated (default 3e-2; the paper's 5e-4 is "
       "too small for a short run)",
   )

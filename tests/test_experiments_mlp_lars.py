@@ -16,7 +16,7 @@ pytest.importorskip("tqdm")
 from flax import nnx  # noqa: E402
 
 from examples import data as data_lib  # noqa: E402
-from examples import lars, linen, mlp_features, models, optimizers  # noqa: E402
+from examples import experiment, lars, linen, mlp_features, models, optimizers  # noqa: E402
 
 PNG = b"\x89PNG"
 TINY_DATA = ["--data", "synthetic", "--batch-size", "16", "--no-progress"]
@@ -94,7 +94,7 @@ def test_choose_neurons_is_seeded_distinct_and_sorted():
     "text, value", [("3^-2.5", 3.0**-2.5), ("3**-3", 3.0**-3), ("0.05", 0.05)]
 )
 def test_parse_rate(text, value):
-  assert mlp_features.parse_rate(text) == pytest.approx(value)
+  assert experiment.parse_rate(text) == pytest.approx(value)
 
 
 def test_run_names_show_powers_of_three():

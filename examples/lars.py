@@ -167,9 +167,7 @@ def save_norms_figure(
   axes[0].set_ylabel("||w(t)|| / ||w(0)||")
   num_layers = max(len(histories[name].layer_paths) for name in norms)
   plotting.add_depth_colour_bar(fig, list(axes), num_layers)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
+  plotting.save_figure(fig, path)
   return fig
 
 

@@ -52,7 +52,7 @@ from matplotlib.figure import Figure
 
 import layca_optax
 from examples import data as data_lib
-from examples import experiment, linen, optimizers, training
+from examples import experiment, linen, optimizers, plotting, training
 from examples.experiment import rate_list
 
 RATES = (3.0**-2, 3.0**-2.5, 3.0**-3, 3.0**-4)  # rho(0), largest rotation first
@@ -169,9 +169,7 @@ def save_features_figure(
         row_label(name, histories), rotation=0, ha="right", va="center", fontsize="small"
     )
   fig.suptitle("Hidden features (incoming weights) after training with Layca")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
+  plotting.save_figure(fig, path)
   return fig
 
 

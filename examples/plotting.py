@@ -25,6 +25,13 @@ CMAP = "viridis"
 PANEL_SIZE = (4.2, 3.4)  # inches per run
 
 
+def save_figure(fig: Figure, path: str | pathlib.Path) -> None:
+  """Writes ``fig`` to ``path`` (a PNG at 130 dpi), creating the directory."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=130)
+
+
 def history_curves(history: History) -> layca_optax.LayerRotationCurves:
   """A run's curves (recorded once per epoch) as ``LayerRotationCurves``, x in epochs."""
   values = {
@@ -86,9 +93,7 @@ def save_comparison_figure(
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())
   add_depth_colour_bar(fig, list(grid.ravel()), num_layers)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path)
   return fig
 
 
@@ -136,9 +141,7 @@ def save_training_curves_figure(
     ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize="small")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path)
   return fig
 
 
@@ -179,7 +182,5 @@ def save_rotation_rates_figure(
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())
   add_depth_colour_bar(fig, list(grid.ravel()), num_layers)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
+  save_figure(fig, path)
   return fig

@@ -242,8 +242,7 @@ def save_accuracy_figure(path: pathlib.Path, results: Mapping[str, list[dict]]) 
     elif entries:
       ax.set_title(f"rho(0) = {format_rate(entries[0]['rho'])}")
     ax.grid(alpha=0.3)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=130)
+  plotting.save_figure(fig, path)
   return fig
 
 

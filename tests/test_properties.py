@@ -126,13 +126,14 @@ def test_cosine_distance_invariants(leaf_shapes, seed, exponent):
   d_ab = lo.cosine_distance(a, b)
   d_ba = lo.cosine_distance(b, a)
   d_aa = lo.cosine_distance(a, a)
-  # Scaling by a power of two is exact in float32: the distance must not change at all.
+  # Scaling by a power of two is exact in float32: the distance changes by rounding only
+  # (the one-pass and the unit-difference forms may then be chosen differently).
   scaled = {k: v * np.float32(2.0**exponent) for k, v in a.items()}
   d_scaled = lo.cosine_distance(scaled, b)
   for k in a:
     assert 0.0 <= float(d_ab[k]) <= 2.0
     assert float(d_aa[k]) == 0.0
     assert float(d_ab[k]) == pytest.approx(float(d_ba[k]), rel=1e-5, abs=1e-7)
-    assert float(d_scaled[k]) == float(d_ab[k])
+    assert float(d_scaled[k]) == pytest.approx(float(d_ab[k]), rel=1e-5, abs=1e-7)
     expected = 1 - f64(a[k]) @ f64(b[k]) / (np.linalg.norm(f64(a[k])) * np.linalg.norm(f64(b[k])))
     assert float(d_ab[k]) == pytest.approx(expected, rel=1e-5, abs=1e-6)

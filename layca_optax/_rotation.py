@@ -32,23 +32,12 @@ from layca_optax import _axes, _layers, _transforms, _tree
 __all__ = ["cosine_distance", "rotation_angle"]
 
 
-def _unit_difference_norms(a: jax.Array, b: jax.Array, dot, aa=None, bb=None):
-  """``||a^ - b^||^2``, ``||a^ + b^||^2``, whether a == b, whether either norm is zero."""
-  a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
-  aa = dot(a32, a32) if aa is None else aa
-  bb = dot(b32, b32) if bb is None else bb
-  # Under jit the two norms of equal leaves may be summed in different orders and differ
-  # in the last bit; counting unequal elements (in the same pass) makes "equal" exact.
-  unequal = jnp.where(a32 != b32, 1.0, 0.0)
-  ua = a32 * _transforms.safe_ratio(1.0, jnp.sqrt(aa))
-  ub = b32 * _transforms.safe_ratio(1.0, jnp.sqrt(bb))
-  diff, total = ua - ub, ua + ub
-  return (
-      dot(diff, diff),
-      dot(total, total),
-      dot(unequal, unequal) == 0,
-      (aa == 0) | (bb == 0),
+def _unit_difference_sq(a32: jax.Array, b32: jax.Array, dot, aa, bb) -> jax.Array:
+  """``||a/|a| - b/|b| ||^2`` from the leaves and their squared norms ``aa``, ``bb``."""
+  diff = a32 * _transforms.safe_ratio(1.0, jnp.sqrt(aa)) - b32 * _transforms.safe_ratio(
+      1.0, jnp.sqrt(bb)
   )
+  return dot(diff, diff)
 
 
 # The one-pass form of ``_leaf_cosine_distance`` is used where (|a| - |b|)^2 is at most this
@@ -61,7 +50,7 @@ _NORM_GAP_RATIO = 1e-3
 
 
 def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
-  # One pass over a and b: with d = a - b, 2 a.b = |a|^2 + |b|^2 - |d|^2, so
+  # Three reductions in one pass over a and b: with d = a - b, 2 a.b = |a|^2 + |b|^2 - |d|^2, so
   # 1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|): no cancellation for small angles as
   # long as the norms change less than the direction. |d|^2 == 0 exactly iff a == b.
   a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
@@ -76,7 +65,7 @@ def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
   cancels = (gap > _NORM_GAP_RATIO * dd) & ~any_zero
 
   def exact(a32, b32, fast):
-    diff_sq = _unit_difference_norms(a32, b32, dot, aa, bb)[0]
+    diff_sq = _unit_difference_sq(a32, b32, dot, aa, bb)
     return jnp.where(cancels, 0.5 * diff_sq, fast)
 
   distance = jax.lax.cond(
@@ -87,9 +76,10 @@ def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
 
 
 def _leaf_angle(a: jax.Array, b: jax.Array, dot) -> jax.Array:
-  diff_sq, sum_sq, equal, any_zero = _unit_difference_norms(a, b, dot)
-  angle = 2.0 * jnp.arctan2(jnp.sqrt(diff_sq), jnp.sqrt(sum_sq))
-  return jnp.where(equal, 0.0, jnp.where(any_zero, jnp.pi / 2, angle))
+  # With d = 1 - cos: ||a^ - b^||^2 = 2 d and ||a^ + b^||^2 = 2 (2 - d), so the atan2 form
+  # is 2 atan2(sqrt(d), sqrt(2 - d)); d = 0 (equal) gives 0, d = 1 (a zero leaf) pi / 2.
+  distance = _leaf_cosine_distance(a, b, dot)
+  return 2.0 * jnp.arctan2(jnp.sqrt(distance), jnp.sqrt(2.0 - distance))
 
 
 def _map_pairs(

@@ -48,10 +48,14 @@ def measure_rotation(
   .. math::
     \theta = 2 \operatorname{atan2}\big(\|\hat w - \hat w'\|, \|\hat w + \hat w'\|\big),
 
-  in float32, accurate down to angles of 1e-7 rad and exactly 0 for a zero update. The
-  state is zero-filled at ``init`` and keeps its structure. Read it with
-  :func:`rotation_rates`. Cost: five reductions over the layers per step, no copy of the
-  params (the state holds one float32 per layer).
+  in float32 (the one-pass form of ``cosine_distance``), exactly 0 for a zero update.
+  Measured against float64 on random leaves whose norm also changes by 1 %: relative
+  error below 5e-5 down to 1e-4 rad (below 1e-2 at 1e-6 rad for 10-element leaves, where
+  float32 runs out); steps that keep the norm, as Layca's do, stay accurate further down.
+  The state is zero-filled at ``init`` and keeps its structure. Read it with
+  :func:`rotation_rates`. Cost: ``apply_updates`` and three reductions per layer every
+  step (about 5x an SGD-with-momentum step on an 18.4M-parameter CNN on CPU, see
+  BENCHMARKS.md); the state holds one float32 per layer.
 
   Args:
     mask: which leaves to measure: ``None`` for the kernels (``default_mask``, leaves with

@@ -165,13 +165,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
       f"Largest difference between the copy's and Adam's rotation of a layer in one step: "
       f"{max(error.values()):.2e} degrees (per layer in results.json, `replay_error_degrees`).",
       "", "Test accuracy per epoch (%):", "",
-      "| run | " + " | ".join(str(e) for e in histories[ADAM].epochs) + " |",
-      "|---|" + "---|" * len(histories[ADAM].epochs),
-  ] + [
-      f"| {name} | " + " | ".join(
-          "-" if a is None else f"{100 * a:.1f}" for a in h.test_accuracy
-      ) + " |"
-      for name, h in histories.items()
+      *experiment.markdown_table(
+          ("run", *histories[ADAM].epochs),
+          [(name, *("-" if a is None else f"{100 * a:.1f}" for a in h.test_accuracy))
+           for name, h in histories.items()],
+      ),
   ] + [
       "", "Figures: `layer_rotation.png` (curves per epoch), `rotation_rates.png` (each "
       "layer's rotation per step), `training.png` (training curves per epoch).",

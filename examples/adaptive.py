@@ -142,21 +142,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def summary_notes(histories: Mapping[str, training.History], methods) -> list[str]:
-  lines = [
+  def cells(history):
+    return (f"{100 * history.final_test_accuracy:.1f} %",
+            f"{rotation_spread(history)['min_over_max']:.2f}")
+
+  header = ("method", "plain: test acc", "plain: min/max rotation", "+ Layca: test acc",
+            "+ Layca: min/max rotation")
+  rows = [
+      (m, *cells(histories[m]), *cells(histories[layca_name(m)])) for m in methods
+  ]
+  return [
       "Accuracy and the spread of the final layer rotations (smallest / largest final "
       "cosine distance over the layers; 1 = all layers rotated alike):", "",
-      "| method | plain: test acc | plain: min/max rotation | + Layca: test acc | "
-      "+ Layca: min/max rotation |", "|---|---|---|---|---|",
+      *experiment.markdown_table(header, rows),
   ]
-  for method in methods:
-    plain, layca = histories[method], histories[layca_name(method)]
-    lines.append(
-        f"| {method} | {100 * plain.final_test_accuracy:.1f} % | "
-        f"{rotation_spread(plain)['min_over_max']:.2f} | "
-        f"{100 * layca.final_test_accuracy:.1f} % | "
-        f"{rotation_spread(layca)['min_over_max']:.2f} |"
-    )
-  return lines
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:

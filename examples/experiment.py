@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import optax
@@ -153,6 +153,12 @@ def results_table(histories: Mapping[str, training.History]) -> str:
   return "\n".join(lines)
 
 
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+  """The lines of a markdown table: ``header``, the separator, one line per row."""
+  line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+  return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
+
+
 def markdown_summary(
     title: str, histories: Mapping[str, training.History], config: Mapping[str, Any],
     notes: Sequence[str] = (),
@@ -160,16 +166,15 @@ def markdown_summary(
   """A markdown report: the configuration, one row per run, and free-form notes."""
   lines = [f"# {title}", ""]
   lines += [f"- {key}: `{value}`" for key, value in config.items()]
-  lines += [
-      "", "| run | test accuracy | train accuracy | final cosine distance (first -> last "
-      "layer) | time (s) |", "|---|---|---|---|---|",
+  header = ("run", "test accuracy", "train accuracy",
+            "final cosine distance (first -> last layer)", "time (s)")
+  rows = [
+      (name, f"{100 * h.final_test_accuracy:.1f} %", f"{100 * h.final_train_accuracy:.1f} %",
+       ", ".join(f"{d:.2f}" for d in h.final_cosine_distances().values()),
+       f"{h.wall_time:.0f}")
+      for name, h in histories.items()
   ]
-  for name, history in histories.items():
-    finals = ", ".join(f"{d:.2f}" for d in history.final_cosine_distances().values())
-    lines.append(
-        f"| {name} | {100 * history.final_test_accuracy:.1f} % | "
-        f"{100 * history.final_train_accuracy:.1f} % | {finals} | {history.wall_time:.0f} |"
-    )
+  lines += ["", *markdown_table(header, rows)]
   if notes:
     lines += [""] + list(notes)
   return "\n".join(lines) + "\n"

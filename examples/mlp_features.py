@@ -214,12 +214,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   notes = [
       f"Features of hidden neurons {neurons} in `features.png` (initialisation first).",
       "",
-      "| run | hidden layer's final cosine distance | test accuracy |",
-      "|---|---|---|",
-  ] + [
-      f"| {name} | {hidden_distance[name]:.3f} | "
-      f"{100 * histories[name].final_test_accuracy:.1f} % |"
-      for name in histories
+      *experiment.markdown_table(
+          ("run", "hidden layer's final cosine distance", "test accuracy"),
+          [(name, f"{hidden_distance[name]:.3f}",
+            f"{100 * histories[name].final_test_accuracy:.1f} %") for name in histories],
+      ),
   ]
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),

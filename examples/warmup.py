@@ -137,12 +137,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   notes = [
       f"Largest one-step rotation of the first layer ({first}) in epoch 1, and its cosine "
       "distance to the initialisation after epoch 1:", "",
-      "| run | max step (degrees) | cosine distance after epoch 1 | final training loss |",
-      "|---|---|---|---|",
-  ] + [
-      f"| {name} | {early[name][first]['max_step_degrees']:.2f} | "
-      f"{early[name][first]['cosine_distance_epoch_1']:.3f} | {h.train_loss[-1]:.4f} |"
-      for name, h in histories.items()
+      *experiment.markdown_table(
+          ("run", "max step (degrees)", "cosine distance after epoch 1",
+           "final training loss"),
+          [(name, f"{early[name][first]['max_step_degrees']:.2f}",
+            f"{early[name][first]['cosine_distance_epoch_1']:.3f}",
+            f"{h.train_loss[-1]:.4f}") for name, h in histories.items()],
+      ),
   ] + [
       "", "Figures: `layer_rotation.png` (curves per epoch), `rotation_rates.png` (each "
       "layer's rotation per step), `training.png` (training curves per epoch).",

@@ -20,8 +20,9 @@ difference :math:`s \cdot s - k\,(s \cdot w)` and the two terms of :math:`u` can
 float32; those layers take an exact path instead, which forms :math:`p` and measures
 :math:`\|w - \beta p\|` (two more passes, in a per-layer ``lax.cond`` that returns the two
 scalars of :math:`u = a w + b s`, so the common case skips those passes and the one
-elementwise pass stays fused with ``optax.apply_updates``; the cond itself costs about
-12 % of a step on XLA:CPU, see BENCHMARKS.md).
+elementwise pass stays fused with ``optax.apply_updates``). The per-layer conds sit in
+one tree-wide cond (``_guard``): a step with no nearly parallel layer runs one cond, not
+one per layer (17 conds cost ~10 % of a step on XLA:CPU, see BENCHMARKS.md).
 
 Small layers of one shape (a transformer's per-block kernels) are stacked and take these
 steps together, so that a tree of many small leaves compiles to a few reductions and conds
@@ -38,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from layca_optax import _axes, _layers, _rates, _transforms, _tree
+from layca_optax import _axes, _groups, _guard, _layers, _rates, _transforms, _tree
 
 __all__ = ["LaycaState", "layca"]
 
@@ -46,8 +47,6 @@ __all__ = ["LaycaState", "layca"]
 # accuracy in float32 (measured on leaves of 10 to 2.4M elements), so p is formed exactly.
 _CANCELLATION_RATIO = 1e-2
 
-# Layer leaves of at most this many elements are reduced in stacks of equal shapes.
-_GROUP_MAX_SIZE = 1 << 16
 
 
 class LaycaState(NamedTuple):
@@ -122,45 +121,51 @@ def _exact_coefficients(s, w, sums: _Sums, norm0, rho_l, rho, *, dot):
   return _update_coefficients(c.active, c.beta, to_sphere, sums, rho)
 
 
-def _layer_coefficients(s, w, norm0, rho_l, rho, *, dot):
-  """(a, b) of one layer leaf, such that its update is ``a w + b s``.
+class _Unit(NamedTuple):
+  """One leaf, or one stack of same-shaped small leaves, whose coefficients come together."""
 
-  Each layer has its own ``lax.cond``, on scalars only: the rare exact path (a step
-  nearly parallel to the weights) measures two more norms. The elementwise pass stays
-  outside the conds, fused with ``apply_updates`` and free to reuse donated buffers (a
-  cond returning whole arrays prevents that). Measured on XLA:CPU (BENCHMARKS.md): the
-  guard costs about 12 % of a step when not taken and doubles compile time on trees with
-  many leaves; one tree-wide cond saves ~8 % per step but compiles ~40 % slower.
+  s: jax.Array
+  w: jax.Array
+  norm0: jax.Array
+  rho_l: jax.Array
+  rho: jax.Array
+
+
+def _fast_coefficients(unit: _Unit, sums: _Sums):
+  a, b = _step_coefficients(sums, unit.norm0, unit.rho_l, unit.rho)
+  return tuple(jnp.broadcast_to(x, jnp.shape(sums.ww)) for x in (a, b))
+
+
+def _exact_unit_coefficients(unit: _Unit, sums: _Sums, fast, *, dot):
+  """(a, b) of one unit whose step is nearly parallel to some of its vectors."""
+  # Exact for every vector of the unit; only the nearly parallel ones need it.
+  a, b = _exact_coefficients(unit.s, unit.w, sums, *unit[2:], dot=dot)
+  flag = sums.nearly_parallel
+  return jnp.where(flag, a, fast[0]), jnp.where(flag, b, fast[1])
+
+
+def _units_coefficients(units: list[_Unit], dots: list[Any]) -> list[tuple[Any, Any]]:
+  """(a, b) of every unit, such that each of its leaves' update is ``a w + b s``.
+
+  The common case needs only the three sums of each unit. The rare exact path (a step
+  nearly parallel to the weights) measures two more norms, behind a ``lax.cond`` per
+  unit that returns scalars only, all inside one tree-wide cond (``_guard``): the
+  common step runs a single cond. The elementwise pass stays outside the conds, fused
+  with ``apply_updates`` and free to reuse donated buffers (a cond returning whole
+  arrays prevents that).
   """
-  sums = _layer_sums(s, w, dot=dot)
+  units = [_Unit(*(jnp.asarray(x) for x in u)) for u in units]
+  sums = [_layer_sums(u.s, u.w, dot=dot) for u, dot in zip(units, dots)]
 
-  def exact(s, w, sums, norm0, rho_l, fast):
-    # Exact for every vector of the leaf; only the nearly parallel ones need it.
-    a, b = _exact_coefficients(s, w, sums, norm0, rho_l, rho, dot=dot)
-    flag = sums.nearly_parallel
-    return jnp.where(flag, a, fast[0]), jnp.where(flag, b, fast[1])
+  def exact(dot):
+    return lambda operands, fast: _exact_unit_coefficients(*operands, fast, dot=dot)
 
-  def one_pass(s, w, sums, norm0, rho_l, fast):
-    del s, w, sums, norm0, rho_l
-    return fast
-
-  fast = _step_coefficients(sums, norm0, rho_l, rho)
-  fast = tuple(jnp.broadcast_to(x, jnp.shape(sums.ww)) for x in fast)
-  return jax.lax.cond(
-      jnp.any(sums.nearly_parallel), exact, one_pass, s, w, sums, norm0, rho_l, fast
+  return _guard.rarely_exact(
+      rare=[jnp.any(x.nearly_parallel) for x in sums],
+      exact=[exact(dot) for dot in dots],
+      operands=list(zip(units, sums)),
+      fast=[_fast_coefficients(u, x) for u, x in zip(units, sums)],
   )
-
-
-def _group_key(s, w, leaf_axes: _axes.LeafAxes) -> Any:
-  """Layer leaves with equal keys are reduced together; ``None``: on its own."""
-  if jnp.size(w) > _GROUP_MAX_SIZE:
-    return None
-  avals = [jax.typeof(x) if hasattr(jax, "typeof") else None for x in (s, w)]
-  # Under explicit sharding or inside shard_map, only leaves typed alike are stacked.
-  types = tuple(
-      repr((getattr(a, "sharding", None), getattr(a, "vma", None))) for a in avals
-  )
-  return (jnp.shape(w), jnp.result_type(s), jnp.result_type(w), leaf_axes.axes, types)
 
 
 def _grouped_coefficients(
@@ -171,25 +176,23 @@ def _grouped_coefficients(
   A tree of many small layers (a transformer's per-block kernels) would otherwise give
   XLA three reductions, a ``lax.cond`` and a dozen scalar kernels per leaf: compile time
   grows with the number of leaves (~40 s for 500 layers on XLA:CPU). Leaves of at most
-  ``_GROUP_MAX_SIZE`` elements with the same shape, dtypes and rotation axes are stacked
+  ``_groups.MAX_SIZE`` elements with the same shape, dtypes and rotation axes are stacked
   on a new leading axis, so each group needs three reductions and one cond; the copy is
   cheap for such leaves. Large leaves keep their own reductions (no copy).
   """
-  groups: dict[Any, list[int]] = {}
-  out = {}
-  for i, (s, w, layer, norm0, rho, rho_l, dot) in enumerate(leaves):
-    if not layer:
-      continue
-    key = _group_key(s, w, plan.axes[i])
-    if key is None:
-      out[i] = _layer_coefficients(s, w, norm0, rho_l, rho, dot=dot)
-    else:
-      groups.setdefault(key, []).append(i)
-  for members in groups.values():
+  layers = [i for i, leaf in enumerate(leaves) if leaf[2]]
+  parts = _groups.partition(
+      [leaves[i][:2] for i in layers], [plan.axes[i].axes for i in layers]
+  )
+  units, dots, members_of = [], [], []  # members_of[j]: leaf index or indices of unit j
+  for part in parts:
+    members = [layers[j] for j in part]
     if len(members) == 1:
       (i,) = members
       s, w, _, norm0, rho, rho_l, dot = leaves[i]
-      out[i] = _layer_coefficients(s, w, norm0, rho_l, rho, dot=dot)
+      units.append(_Unit(s, w, norm0, rho_l, rho))
+      dots.append(dot)
+      members_of.append(i)
       continue
     leaf_axes = plan.axes[members[0]]
     shape = jnp.shape(leaves[members[0]][1])
@@ -202,22 +205,29 @@ def _grouped_coefficients(
       slices = plan.depth[i] + np.arange(ax.num_slices).reshape(ax.rate_shape)
       return np.broadcast_to(slices, kept)
 
-    def stack(field, f32=False):
-      values = [leaves[i][field] for i in members]
-      if f32:
-        return jnp.stack([_tree.as_f32(x) for x in values])
-      return jnp.stack(
-          [jnp.broadcast_to(jnp.asarray(x, jnp.float32), kept) for x in values]
-      )
+    def stack(field):
+      return jnp.stack([
+          jnp.broadcast_to(jnp.asarray(leaves[i][field], jnp.float32), kept)
+          for i in members
+      ])
 
-    dot = _tree.reducer(axis_name, tuple(a + 1 for a in leaf_axes.axes))
-    a, b = _layer_coefficients(
-        stack(0, True), stack(1, True), stack(3),
+    def stack_f32(field):
+      return _groups.stack_f32([leaves[i][field] for i in members])
+
+    units.append(_Unit(
+        stack_f32(0), stack_f32(1), stack(3),
         multipliers()[np.stack([depth_index(i) for i in members])] * stack(4),
-        stack(4), dot=dot,
-    )
-    for j, i in enumerate(members):
-      out[i] = (a[j], b[j])
+        stack(4),
+    ))
+    dots.append(_tree.reducer(axis_name, tuple(a + 1 for a in leaf_axes.axes)))
+    members_of.append(members)
+  out = {}
+  for members, (a, b) in zip(members_of, _units_coefficients(units, dots)):
+    if isinstance(members, int):
+      out[members] = (a, b)
+    else:
+      for j, i in enumerate(members):
+        out[i] = (a[j], b[j])
   return out
 
 

@@ -122,7 +122,7 @@ def _distance_row(
 
 
 def _host_distance(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-  """``_rotation._leaf_cosine_distance`` in float64 NumPy: the same conventions."""
+  """``_rotation._cosine_distances`` (one leaf) in float64 NumPy: the same conventions."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   aa = np.sum(a * a, axis=axes, keepdims=True)
   bb = np.sum(b * b, axis=axes, keepdims=True)

@@ -99,10 +99,9 @@ def measure_rotation(
 
   def update_fn(updates, state, params=None):
     _tree.check_params(params, owner)
-    new_params = optax.apply_updates(params, updates)
-    angles = _rotation.rotation_angle(
-        new_params, params, mask=layers, axis_name=axis_name,
-        rotation_axes=rotation_axes,
+    # The updates come back tied to the angles (same values): see `step_angle`.
+    angles, updates = _rotation.step_angle(
+        params, updates, mask=layers, axis_name=axis_name, rotation_axes=rotation_axes
     )
     return updates, MeasureRotationState(angles=_like(state.angles, angles))
 

@@ -17,17 +17,19 @@ are exact in exact arithmetic and keep their relative accuracy for small angles.
 
 needs only :math:`\|a\|^2`, :math:`\|b\|^2` and :math:`\|d\|^2`, and does not cancel as long
 as the norms change less than the direction. Where they do not (a change mostly of norm),
-the unit-vector form above is computed instead, in a ``lax.cond`` that is rarely taken.
+the unit-vector form above is computed instead, in a ``lax.cond`` that is rarely taken
+(one per leaf, all inside one tree-wide cond: the common case runs a single cond).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from layca_optax import _axes, _layers, _transforms, _tree
+from layca_optax import _axes, _groups, _guard, _layers, _transforms, _tree
 
 __all__ = ["cosine_distance", "rotation_angle"]
 
@@ -49,59 +51,219 @@ def _unit_difference_sq(a32: jax.Array, b32: jax.Array, dot, aa, bb) -> jax.Arra
 _NORM_GAP_RATIO = 1e-3
 
 
-def _leaf_cosine_distance(a: jax.Array, b: jax.Array, dot) -> jax.Array:
+class _Terms(NamedTuple):
+  """One leaf pair's three reductions: one value per rotating vector."""
+
+  aa: jax.Array  # |a|^2
+  bb: jax.Array  # |b|^2
+  dd: jax.Array  # |a - b|^2
+  fast: jax.Array  # the one-pass distance
+  cancels: jax.Array  # where the one-pass form cancels: a change mostly of norm
+
+
+def _from_sums(aa, bb, dd, norm_change=None) -> _Terms:
+  """The one-pass distance from |a|^2, |b|^2, |a - b|^2 (and |a|^2 - |b|^2 if known)."""
+  any_zero = (aa == 0) | (bb == 0)
+  norm_a = jnp.sqrt(jnp.where(any_zero, 1.0, aa))
+  norm_b = jnp.sqrt(jnp.where(any_zero, 1.0, bb))
+  if norm_change is None:
+    gap = (norm_a - norm_b) ** 2
+  else:  # |a| - |b| = (|a|^2 - |b|^2) / (|a| + |b|), without subtracting the norms
+    gap = (norm_change / (norm_a + norm_b)) ** 2
+  fast = (dd - gap) / (2.0 * norm_a * norm_b)
+  cancels = (gap > _NORM_GAP_RATIO * dd) & ~any_zero
+  return _Terms(aa, bb, dd, fast, cancels)
+
+
+def _terms(a: jax.Array, b: jax.Array, dot) -> _Terms:
   # Three reductions in one pass over a and b: with d = a - b, 2 a.b = |a|^2 + |b|^2 - |d|^2, so
   # 1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|): no cancellation for small angles as
   # long as the norms change less than the direction. |d|^2 == 0 exactly iff a == b.
   a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
-  aa, bb = dot(a32, a32), dot(b32, b32)
   diff = a32 - b32
-  dd = dot(diff, diff)
-  any_zero = (aa == 0) | (bb == 0)
-  norm_a = jnp.sqrt(jnp.where(any_zero, 1.0, aa))
-  norm_b = jnp.sqrt(jnp.where(any_zero, 1.0, bb))
-  gap = (norm_a - norm_b) ** 2
-  fast = (dd - gap) / (2.0 * norm_a * norm_b)
-  cancels = (gap > _NORM_GAP_RATIO * dd) & ~any_zero
+  return _from_sums(dot(a32, a32), dot(b32, b32), dot(diff, diff))
 
-  def exact(a32, b32, fast):
-    diff_sq = _unit_difference_sq(a32, b32, dot, aa, bb)
-    return jnp.where(cancels, 0.5 * diff_sq, fast)
 
-  distance = jax.lax.cond(
-      jnp.any(cancels), exact, lambda a32, b32, fast: fast, a32, b32, fast
-  )
+def _step_terms(w: jax.Array, u: jax.Array, dot) -> _Terms:
+  # a = w + u, b = w, from w.w, w.u and u.u: |a|^2 = w.w + 2 w.u + u.u, |a - b| = |u|.
+  # The moved params are never formed (see `step_angle`); u.u is the step as intended,
+  # which differs from fl(w + u) - w by rounding only (relative 1e-5 for a 1e-3 rad step).
+  w32, u32 = _tree.as_f32(w), _tree.as_f32(u)
+  ww, wu, uu = dot(w32, w32), dot(w32, u32), dot(u32, u32)
+  change = 2.0 * wu + uu
+  return _from_sums(ww + change, ww, uu, norm_change=change)
+
+
+def _finish(terms: _Terms, distance: jax.Array) -> jax.Array:
   # A zero vector has no direction: equal to another zero vector, unrelated to the rest.
-  return jnp.where(dd == 0, 0.0, jnp.where(any_zero, 1.0, jnp.clip(distance, 0.0, 2.0)))
+  any_zero = (terms.aa == 0) | (terms.bb == 0)
+  return jnp.where(
+      terms.dd == 0, 0.0, jnp.where(any_zero, 1.0, jnp.clip(distance, 0.0, 2.0))
+  )
 
 
-def _leaf_angle(a: jax.Array, b: jax.Array, dot) -> jax.Array:
+def _same(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return a, b
+
+
+def _cosine_distances(
+    pairs: list[tuple[Any, Any]], dots: list[Any], make=_same, terms=_terms
+) -> list:
+  """The cosine distance of each pair ``make(*pair)``: one pass each, exact if it cancels.
+
+  ``terms(*pair, dot)`` gives the three reductions of the one-pass form. The exact
+  (unit-difference) form of the rare leaves runs behind one tree-wide cond (``_guard``),
+  so the common case runs a single cond whatever the number of leaves. Its operands are
+  the pairs; ``make`` builds the two compared arrays from a pair inside the exact branch
+  only. Returns the distances and, per pair, the cond's output they come from.
+  """
+  sums = [terms(*pair, dot) for pair, dot in zip(pairs, dots)]
+
+  def exact(dot):
+    def distance(operands, fast):
+      pair, sums = operands
+      a32, b32 = (_tree.as_f32(x) for x in make(*pair))
+      diff_sq = _unit_difference_sq(a32, b32, dot, sums.aa, sums.bb)
+      return jnp.where(sums.cancels, 0.5 * diff_sq, fast)
+
+    return distance
+
+  distances = _guard.rarely_exact(
+      rare=[jnp.any(t.cancels) for t in sums],
+      exact=[exact(dot) for dot in dots],
+      operands=list(zip(pairs, sums)),
+      fast=[t.fast for t in sums],
+  )
+  return [_finish(t, d) for t, d in zip(sums, distances)], distances
+
+
+def _angle(distance: jax.Array) -> jax.Array:
   # With d = 1 - cos: ||a^ - b^||^2 = 2 d and ||a^ + b^||^2 = 2 (2 - d), so the atan2 form
   # is 2 atan2(sqrt(d), sqrt(2 - d)); d = 0 (equal) gives 0, d = 1 (a zero leaf) pi / 2.
-  distance = _leaf_cosine_distance(a, b, dot)
   return 2.0 * jnp.arctan2(jnp.sqrt(distance), jnp.sqrt(2.0 - distance))
 
 
-def _map_pairs(
-    fn, params: Any, other: Any, mask: Any, axis_name, rotation_axes, owner: str
-) -> Any:
+def _distances(pairs, dots) -> list:
+  return _cosine_distances(pairs, dots)[0]
+
+
+def _angles(pairs, dots) -> list:
+  return [_angle(d) for d in _distances(pairs, dots)]
+
+
+def _after_step(params: jax.Array, updates: jax.Array) -> tuple[jax.Array, jax.Array]:
+  return optax.apply_updates(params, updates), params
+
+
+def _select_pairs(
+    params: Any, other: Any, mask: Any, rotation_axes, owner: str,
+    names: tuple[str, str], fix: str,
+):
+  """The selected leaf pairs: ``(flat params, indices, pairs, axes of each pair)``."""
   flat_a, flat_b = _tree.flatten(params), _tree.flatten(other)
-  _tree.check_same_structure(
-      flat_a, flat_b, owner, names=("params", "reference params"),
-      fix="Compare two versions of the same params tree (e.g. params and init_params).",
-  )
+  _tree.check_same_structure(flat_a, flat_b, owner, names=names, fix=fix)
   if mask is None:
     selected = (True,) * len(flat_a.leaves)
   else:
     selected = _layers.resolve_mask(mask, params, owner)
   leaf_axes = _axes.resolve_axes(rotation_axes, flat_a, params, owner)
-  out = [
-      # One value per rotating vector: the rotation axes are summed away.
-      jnp.squeeze(fn(a, b, _tree.reducer(axis_name, ax.axes)), axis=ax.axes)
-      if keep else None
-      for a, b, keep, ax in zip(flat_a.leaves, flat_b.leaves, selected, leaf_axes)
-  ]
-  return flat_a.unflatten(out)
+  chosen = [i for i, keep in enumerate(selected) if keep]
+  pairs = [(flat_a.leaves[i], flat_b.leaves[i]) for i in chosen]
+  return flat_a, chosen, pairs, [leaf_axes[i].axes for i in chosen]
+
+
+def _units(pairs, axes, axis_name):
+  """The pairs in reduction units (``_groups``): ``(unit pairs, reducers, members)``."""
+  parts = _groups.partition(pairs, axes)
+  unit_pairs, dots = [], []
+  for part in parts:
+    first = part[0]
+    if len(part) == 1:
+      unit_pairs.append(pairs[first])
+      dots.append(_tree.reducer(axis_name, axes[first]))
+    else:
+      unit_pairs.append(
+          tuple(_groups.stack_f32([pairs[i][k] for i in part]) for k in (0, 1))
+      )
+      dots.append(_tree.reducer(axis_name, tuple(a + 1 for a in axes[first])))
+  return unit_pairs, dots, parts
+
+
+def _per_pair(values, parts) -> list:
+  """Per-unit values back to one per pair (a stacked unit's value is indexed)."""
+  out = [None] * sum(len(part) for part in parts)
+  for part, value in zip(parts, values):
+    if len(part) == 1:
+      out[part[0]] = value
+    else:
+      for j, i in enumerate(part):
+        out[i] = value[j]
+  return out
+
+
+def _per_leaf(flat, chosen, values, axes) -> Any:
+  """``values`` at the ``chosen`` leaves of ``flat``, ``None`` at the others."""
+  out = [None] * len(flat.leaves)
+  for i, value, ax in zip(chosen, values, axes):
+    # One value per rotating vector: the rotation axes are summed away.
+    out[i] = jnp.squeeze(value, axis=ax)
+  return flat.unflatten(out)
+
+
+_PAIRS_FIX = "Compare two versions of the same params tree (e.g. params and init_params)."
+
+
+def _map_pairs(
+    fn, params: Any, other: Any, mask: Any, axis_name, rotation_axes, owner: str
+) -> Any:
+  """``fn(pairs, dots)`` over the selected leaf pairs; unselected leaves are ``None``."""
+  flat, chosen, pairs, axes = _select_pairs(
+      params, other, mask, rotation_axes, owner, ("params", "reference params"),
+      _PAIRS_FIX,
+  )
+  unit_pairs, dots, parts = _units(pairs, axes, axis_name)
+  return _per_leaf(flat, chosen, _per_pair(fn(unit_pairs, dots), parts), axes)
+
+
+def step_angle(
+    params: Any,
+    updates: Any,
+    *,
+    mask: Any = None,
+    axis_name: _tree.AxisName | None = None,
+    rotation_axes: Any = None,
+) -> tuple[Any, Any]:
+  """``rotation_angle(optax.apply_updates(params, updates), params)``, for a step.
+
+  Returns the angles and the updates, unchanged in value but made to depend on the
+  angles. Two things keep a monitored step cheaper (measured on the 18.4M-parameter
+  benchmark tree, BENCHMARKS.md):
+
+  * The moved params are never formed outside the rare exact path: the angles come from
+    w.w, w.u and u.u. Formed, XLA merges them with the new params the step returns.
+  * The new params overwrite the donated old ones, which the angles read: unless the
+    updates depend on the angles, XLA cannot order the two and copies every measured
+    leaf first. ``optimization_barrier`` does not create that order; adding
+    ``0 * d`` (``d`` a scalar the rarely-taken cond returns, so nothing is recomputed
+    per element) does, inside the elementwise pass that applies the updates.
+  """
+  flat_w, chosen, pairs, axes = _select_pairs(
+      params, updates, mask, rotation_axes, "measure_rotation", ("params", "updates"),
+      "Pass the params the updates apply to: tx.update(grads, state, params).",
+  )
+  unit_pairs, dots, parts = _units(pairs, axes, axis_name)
+  distances, guarded = _cosine_distances(
+      unit_pairs, dots, make=_after_step, terms=_step_terms
+  )
+  angles = _per_pair([_angle(d) for d in distances], parts)
+  flat_u = _tree.flatten(updates)
+  tied = list(flat_u.leaves)
+  for part, g in zip(parts, guarded):
+    zero = 0.0 * jnp.ravel(g)[0]
+    for j in part:
+      i = chosen[j]
+      tied[i] = tied[i] + zero.astype(jnp.result_type(tied[i]))
+  return _per_leaf(flat_w, chosen, angles, axes), flat_u.unflatten(tied)
 
 
 def cosine_distance(
@@ -148,7 +310,7 @@ def cosine_distance(
     {'bias': 0.0, 'kernel': 1.0}
   """
   return _map_pairs(
-      _leaf_cosine_distance, params, init_params, mask, axis_name, rotation_axes,
+      _distances, params, init_params, mask, axis_name, rotation_axes,
       "cosine_distance",
   )
 
@@ -189,6 +351,6 @@ def rotation_angle(
     0.785398
   """
   return _map_pairs(
-      _leaf_angle, params, other_params, mask, axis_name, rotation_axes,
+      _angles, params, other_params, mask, axis_name, rotation_axes,
       "rotation_angle",
   )

@@ -50,6 +50,31 @@ def _chain(lr):
   )
 
 
+def _layca_floor(lr):
+  """The bare one-pass Layca formula, as a lower bound for ``layca``: not for training.
+
+  Per layer (``ndim >= 2``) the three sums ``w.w``, ``s.w``, ``s.s`` and the update
+  ``a w + b s``, nothing else: no cancellation guard, schedule, alpha, mask, zero-norm
+  handling or initial norms (it keeps each layer's current norm). What ``layca`` costs
+  beyond this is the price of those; what this costs beyond ``sgd_momentum`` is the
+  backend's (XLA:CPU runs the three sums as three kernels: four reads per layer).
+  """
+  cos = 1.0 / math.sqrt(1.0 + lr * lr)
+
+  def update(grads, state, params):
+    def leaf(s, w):
+      if w.ndim < 2:
+        return -lr * s
+      ww, sw, ss = jnp.sum(w * w), jnp.sum(s * w), jnp.sum(s * s)
+      k = sw / ww
+      beta = lr * jnp.sqrt(ww) / jnp.sqrt(ss - k * sw)
+      return (cos * (1.0 + beta * k) - 1.0) * w - cos * beta * s
+
+    return jax.tree.map(leaf, grads, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 #: name -> optimizer factory. Every one is an optax transform timed through `_make_step`.
 OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "sgd": lambda: optax.sgd(LR),
@@ -60,6 +85,7 @@ OPTIMIZERS: dict[str, Callable[[], optax.GradientTransformation]] = {
     "layca_momentum": lambda: lo.layca(LR, base=optax.trace(0.9)),
     "layca_adam": lambda: lo.layca(LR, base=optax.scale_by_adam()),
     "composable_chain": lambda: _chain(LR),
+    "layca_floor": lambda: _layca_floor(LR),
     # Monitoring: the angle of every layer's step recorded in the optimizer state.
     "sgd_momentum_measure": lambda: optax.chain(
         optax.sgd(LR, momentum=0.9), lo.measure_rotation()

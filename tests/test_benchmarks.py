@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+import optax
 import pytest
 
 from benchmarks import run, trees
@@ -80,3 +82,28 @@ def test_targets_are_computed_from_a_complete_run():
   rows = run.targets(results)
   assert len(rows) == 10
   assert all(isinstance(r["met"], bool) and math.isfinite(r["measured"]) for r in rows)
+
+
+def test_layca_floor_rotates_each_kernel_by_arctan_lr_and_keeps_its_norm():
+  # The benchmark's lower bound must compute the real thing, or its ratio means nothing.
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(16, 8)).astype(np.float32),
+            "b": rng.normal(size=(8,)).astype(np.float32)}
+  grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+  tx = run.OPTIMIZERS["layca_floor"]()
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  w, w1 = params["w"].astype(np.float64).ravel(), np.asarray(new["w"], np.float64).ravel()
+  angle = np.arccos(w @ w1 / np.linalg.norm(w) / np.linalg.norm(w1))
+  np.testing.assert_allclose(angle, np.arctan(run.LR), rtol=1e-4)
+  np.testing.assert_allclose(np.linalg.norm(w1), np.linalg.norm(w), rtol=1e-5)
+  np.testing.assert_allclose(new["b"], params["b"] - run.LR * grads["b"], rtol=1e-6)
+
+
+def test_reductions_quick_run_checks_and_times_every_form(capsys):
+  from benchmarks import reductions
+
+  assert reductions.main(["--quick"]) == 0
+  out = capsys.readouterr().out
+  for name in [run.REFERENCE, *reductions.FORMS]:
+    assert f"  {name} " in out

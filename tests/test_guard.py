@@ -1,0 +1,127 @@
+"""One tree-wide cond guards the rare exact paths; small leaves are reduced in stacks.
+
+Performance structure (BENCHMARKS.md): each executed ``lax.cond`` costs ~0.1 ms on XLA:CPU,
+so a step with no leaf in the rare case must run one cond, not one per leaf; and trees of
+many small leaves compile fast only when same-shaped leaves are reduced together. Both must
+leave every value as it was leaf by leaf.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import layca_optax as lo
+from layca_optax import _groups, _guard
+
+
+def top_level_conds(fn, *args):
+  return sum(e.primitive.name == "cond" for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_rarely_exact_takes_the_exact_path_only_for_rare_items(n):
+  fast = [jnp.float32(i) for i in range(n)]
+  operands = [jnp.float32(10 * i) for i in range(n)]
+  exact = [lambda o, f: o + 0.5 for _ in range(n)]
+
+  @jax.jit
+  def run(flags):
+    return _guard.rarely_exact([flags[i] for i in range(n)], exact, operands, fast)
+
+  for flags in ([False] * n, [True] * n, [i == n - 1 for i in range(n)]):
+    got = [float(x) for x in run(jnp.array(flags))]
+    assert got == [10 * i + 0.5 if f else float(i) for i, f in enumerate(flags)]
+
+
+def test_rarely_exact_has_one_top_level_cond_for_many_items():
+  rare = [jnp.array(False)] * 4
+  args = ([jnp.ones(3)] * 4, [jnp.float32(0)] * 4)
+  fn = lambda o, f: _guard.rarely_exact(rare, [lambda o, f: f] * 4, o, f)  # noqa: E731
+  assert top_level_conds(fn, *args) == 1
+
+
+def many_small_leaves(seed=0):
+  rng = np.random.default_rng(seed)
+  tree = {f"b{i}": {"q": rng.normal(size=(8, 8)), "up": rng.normal(size=(8, 16))}
+          for i in range(4)}
+  tree["big"] = rng.normal(size=(300, 300))  # above the group size: on its own
+  return jax.tree.map(lambda x: x.astype(np.float32), tree)
+
+
+def test_layca_and_rotation_have_one_top_level_cond():
+  params = many_small_leaves()
+  tx = lo.layca(0.1)
+  state = tx.init(params)
+  assert top_level_conds(lambda g, s, p: tx.update(g, s, p), params, state, params) == 1
+  assert top_level_conds(lo.cosine_distance, params, params) == 1
+  monitor = lo.measure_rotation()
+  m_state = monitor.init(params)
+  assert top_level_conds(lambda u, s, p: monitor.update(u, s, p), params, m_state, params) == 1
+
+
+def moved(params):
+  """Each leaf rotated a little; b1/q changed only in norm (the exact path)."""
+  out = jax.tree.map(lambda x: x + 0.05 * np.cos(7 * x), params)
+  out["b1"]["q"] = params["b1"]["q"] * np.float32(1.3)
+  return out
+
+
+def numpy_distance(a, b):
+  a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+  return 1 - a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def test_grouped_cosine_distance_equals_leaf_by_leaf_and_float64(monkeypatch):
+  params = many_small_leaves(1)
+  other = moved(params)
+  grouped = jax.jit(lo.cosine_distance)(other, params)
+  angles = jax.jit(lo.rotation_angle)(other, params)
+  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  alone = jax.jit(lo.cosine_distance)(other, params)
+  for g, a, x, y in zip(*(jax.tree.leaves(t) for t in (grouped, alone, other, params))):
+    np.testing.assert_allclose(float(g), float(a), rtol=1e-6)
+    np.testing.assert_allclose(float(g), numpy_distance(x, y), rtol=2e-4, atol=1e-9)
+  assert float(grouped["b1"]["q"]) < 1e-6  # a change of norm only: no rotation
+  assert float(angles["b1"]["q"]) < 2e-3
+
+
+def test_grouped_per_block_distances_equal_leaf_by_leaf(monkeypatch):
+  rng = np.random.default_rng(2)
+  params = {f"l{i}": rng.normal(size=(3, 8, 8)).astype(np.float32) for i in range(3)}
+  other = jax.tree.map(lambda x: x + 0.1 * np.sin(5 * x), params)
+  axes = lambda p: jax.tree.map(lambda _: (1, 2), p)  # noqa: E731
+  grouped = lo.cosine_distance(other, params, rotation_axes=axes)
+  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  alone = lo.cosine_distance(other, params, rotation_axes=axes)
+  for key in params:
+    assert grouped[key].shape == (3,)
+    np.testing.assert_allclose(grouped[key], alone[key], rtol=1e-6)
+    expected = [numpy_distance(other[key][i], params[key][i]) for i in range(3)]
+    np.testing.assert_allclose(grouped[key], expected, rtol=2e-4)
+
+
+def test_grouped_measure_rotation_equals_leaf_by_leaf_and_keeps_the_updates(monkeypatch):
+  params = many_small_leaves(3)
+  updates = jax.tree.map(lambda a, b: a - b, moved(params), params)
+  tx = lo.measure_rotation(mask=lambda p: jax.tree.map(lambda _: True, p))
+
+  def measure():
+    @jax.jit
+    def step(u, p):
+      out, state = tx.update(u, tx.init(p), p)
+      return out, lo.rotation_rates(state)
+    return step(updates, params)
+
+  out, grouped = measure()
+  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  _, alone = measure()
+  for u, o in zip(jax.tree.leaves(updates), jax.tree.leaves(out)):
+    np.testing.assert_array_equal(np.asarray(o), np.asarray(u))
+  new = optax.apply_updates(params, updates)
+  for g, a, x, y in zip(*(jax.tree.leaves(t) for t in (grouped, alone, new, params))):
+    np.testing.assert_allclose(float(g), float(a), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(g), np.arccos(1 - numpy_distance(x, y)), rtol=2e-4, atol=2e-4
+    )

@@ -11,6 +11,7 @@ their own (no copy). Used by ``layca`` and by ``cosine_distance``/``rotation_ang
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 
 from layca_optax import _tree
 
-__all__ = ["MAX_SIZE", "partition", "stack_f32"]
+__all__ = ["MAX_SIZE", "Packer", "partition", "stack_f32"]
 
 # Leaves of at most this many elements are reduced in stacks of equal shapes.
 MAX_SIZE = 1 << 16
@@ -72,3 +73,33 @@ def partition(
 def stack_f32(arrays: Sequence[Any]) -> jax.Array:
   """The arrays in float32, stacked on a new leading axis."""
   return jnp.stack([_tree.as_f32(x) for x in arrays])
+
+
+class Packer:
+  """Per-unit arrays of small, static shapes <-> one float32 vector.
+
+  The scalar work after the reductions (a layer's step coefficients, a leaf's distance)
+  is a dozen tiny ops per unit; XLA:CPU runs each fused group of them as a kernel, at a
+  few microseconds each, which is a tenth of a step on a model of 25 layers. Packed into
+  one vector, that work is a few kernels for the whole tree.
+  """
+
+  def __init__(self, shapes: Sequence[tuple[int, ...]]):
+    self.shapes = [tuple(s) for s in shapes]
+    self.sizes = [math.prod(s) for s in self.shapes]
+    self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
+
+  def pack(self, values: Sequence[Any], dtype=jnp.float32) -> jax.Array:
+    """One vector of the values, each broadcast to its unit's shape."""
+    parts = [
+        jnp.ravel(jnp.broadcast_to(jnp.asarray(v, dtype), shape))
+        for v, shape in zip(values, self.shapes)
+    ]
+    return jnp.concatenate(parts) if parts else jnp.zeros([0], dtype)
+
+  def unpack(self, vector: jax.Array) -> list[jax.Array]:
+    """The units' arrays back from ``pack``'s vector (static slices)."""
+    return [
+        vector[o:o + n].reshape(shape)
+        for o, n, shape in zip(self.offsets, self.sizes, self.shapes)
+    ]

@@ -7,7 +7,9 @@ cond, so that only the leaves in the rare case pay for the exact path. On XLA:CP
 executed cond costs about 0.1 ms and is a barrier between the reductions before it and
 the elementwise pass after it: 17 conds were ~12 % of a Layca step on the 18.4M-parameter
 benchmark tree (BENCHMARKS.md). So the per-leaf conds sit inside one outer cond on "any
-leaf in the rare case": the common step runs one cond.
+leaf in the rare case": the common step runs one cond. Callers may pass the common-case
+values packed in one vector (``_groups.Packer``); they are split per item only inside the
+cond.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 __all__ = ["rarely_exact"]
 
@@ -27,30 +28,41 @@ def _keep(operands: Any, fast: Any) -> Any:
 
 
 def rarely_exact(
-    rare: Sequence[jax.Array],
+    any_rare: jax.Array,
+    rare: Sequence[Callable[[Any], jax.Array]],
     exact: Sequence[Callable[[Any, Any], Any]],
     operands: Sequence[Any],
-    fast: Sequence[Any],
-) -> list[Any]:
-  """``[exact[i](operands[i], fast[i]) if rare[i] else fast[i] for each i]``.
+    fast: Any,
+    split: Callable[[Any], Sequence[Any]] = list,
+    join: Callable[[list[Any]], Any] = list,
+) -> Any:
+  """``fast``, with item ``i`` replaced by ``exact[i](operands[i], fast_i)`` where rare.
 
   Args:
-    rare: one boolean scalar per item: does it need its exact path?
-    exact: per item, ``(operands, fast) -> value`` with the structure of ``fast[i]``.
-    operands: per item, a pytree of arrays that ``exact[i]`` reads.
-    fast: per item, the common-case value (a pytree of arrays).
+    any_rare: boolean scalar: is any item in the rare case?
+    rare: per item, ``operands -> bool``: does this item need its exact path? Only
+      evaluated when ``any_rare``.
+    exact: per item, ``(operands, fast_i) -> value`` with the structure of ``fast_i``.
+    operands: per item, a pytree of arrays that ``rare[i]`` and ``exact[i]`` read.
+    fast: the common-case values, one per item as ``split(fast)`` gives them (by
+      default a list), e.g. one packed vector for all items.
+    split: ``fast -> per-item values``; called inside the cond only.
+    join: per-item values -> the structure of ``fast``.
 
   Returns:
-    The list of values, in order.
+    A value with the structure of ``fast``.
   """
+  operands = list(operands)
+  if not operands:
+    return fast
 
   def each(operands, fast):
-    return [
-        jax.lax.cond(r, e, _keep, o, f)
-        for r, e, o, f in zip(rare, exact, operands, fast)
-    ]
+    return join([
+        jax.lax.cond(r(o), e, _keep, o, f)
+        for r, e, o, f in zip(rare, exact, operands, split(fast))
+    ])
 
-  operands, fast = list(operands), list(fast)
-  if len(fast) <= 1:
-    return each(operands, fast)
-  return jax.lax.cond(jnp.any(jnp.stack(list(rare))), each, _keep, operands, fast)
+  if len(operands) == 1:  # the per-item cond alone
+    (o,), (f,) = operands, split(fast)
+    return join([jax.lax.cond(any_rare, exact[0], _keep, o, f)])
+  return jax.lax.cond(any_rare, each, _keep, operands, fast)

@@ -131,11 +131,6 @@ class _Unit(NamedTuple):
   rho: jax.Array
 
 
-def _fast_coefficients(unit: _Unit, sums: _Sums):
-  a, b = _step_coefficients(sums, unit.norm0, unit.rho_l, unit.rho)
-  return tuple(jnp.broadcast_to(x, jnp.shape(sums.ww)) for x in (a, b))
-
-
 def _exact_unit_coefficients(unit: _Unit, sums: _Sums, fast, *, dot):
   """(a, b) of one unit whose step is nearly parallel to some of its vectors."""
   # Exact for every vector of the unit; only the nearly parallel ones need it.
@@ -147,25 +142,36 @@ def _exact_unit_coefficients(unit: _Unit, sums: _Sums, fast, *, dot):
 def _units_coefficients(units: list[_Unit], dots: list[Any]) -> list[tuple[Any, Any]]:
   """(a, b) of every unit, such that each of its leaves' update is ``a w + b s``.
 
-  The common case needs only the three sums of each unit. The rare exact path (a step
-  nearly parallel to the weights) measures two more norms, behind a ``lax.cond`` per
-  unit that returns scalars only, all inside one tree-wide cond (``_guard``): the
-  common step runs a single cond. The elementwise pass stays outside the conds, fused
-  with ``apply_updates`` and free to reuse donated buffers (a cond returning whole
-  arrays prevents that).
+  The common case needs only the three sums of each unit; the scalar work that turns
+  them into coefficients runs once for the whole tree, on the sums packed in one vector
+  (``_groups.Packer``: a few kernels instead of a dozen per layer). The rare exact path
+  (a step nearly parallel to the weights) measures two more norms, behind a
+  ``lax.cond`` per unit that returns scalars only, all inside one tree-wide cond
+  (``_guard``): the common step runs a single cond. The elementwise pass stays outside
+  the conds, fused with ``apply_updates`` and free to reuse donated buffers (a cond
+  returning whole arrays prevents that).
   """
   units = [_Unit(*(jnp.asarray(x) for x in u)) for u in units]
   sums = [_layer_sums(u.s, u.w, dot=dot) for u, dot in zip(units, dots)]
+  packer = _groups.Packer([jnp.shape(x.ww) for x in sums])
+  packed = _Sums(*(packer.pack([x[f] for x in sums]) for f in range(3)))
+  fast = _step_coefficients(
+      packed, *(packer.pack([u[f] for u in units]) for f in (2, 3, 4))
+  )
 
   def exact(dot):
     return lambda operands, fast: _exact_unit_coefficients(*operands, fast, dot=dot)
 
-  return _guard.rarely_exact(
-      rare=[jnp.any(x.nearly_parallel) for x in sums],
+  a, b = _guard.rarely_exact(
+      any_rare=jnp.any(packed.nearly_parallel),
+      rare=[lambda operands: jnp.any(operands[1].nearly_parallel)] * len(units),
       exact=[exact(dot) for dot in dots],
       operands=list(zip(units, sums)),
-      fast=[_fast_coefficients(u, x) for u, x in zip(units, sums)],
+      fast=fast,
+      split=lambda ab: list(zip(*(packer.unpack(x) for x in ab))),
+      join=lambda items: tuple(packer.pack(x) for x in zip(*items)),
   )
+  return list(zip(packer.unpack(a), packer.unpack(b)))
 
 
 def _grouped_coefficients(

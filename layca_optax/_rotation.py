@@ -75,23 +75,23 @@ def _from_sums(aa, bb, dd, norm_change=None) -> _Terms:
   return _Terms(aa, bb, dd, fast, cancels)
 
 
-def _terms(a: jax.Array, b: jax.Array, dot) -> _Terms:
+def _terms(a: jax.Array, b: jax.Array, dot) -> tuple[jax.Array, ...]:
   # Three reductions in one pass over a and b: with d = a - b, 2 a.b = |a|^2 + |b|^2 - |d|^2, so
   # 1 - cos = (|d|^2 - (|a| - |b|)^2) / (2 |a| |b|): no cancellation for small angles as
   # long as the norms change less than the direction. |d|^2 == 0 exactly iff a == b.
   a32, b32 = _tree.as_f32(a), _tree.as_f32(b)
   diff = a32 - b32
-  return _from_sums(dot(a32, a32), dot(b32, b32), dot(diff, diff))
+  return dot(a32, a32), dot(b32, b32), dot(diff, diff)
 
 
-def _step_terms(w: jax.Array, u: jax.Array, dot) -> _Terms:
+def _step_terms(w: jax.Array, u: jax.Array, dot) -> tuple[jax.Array, ...]:
   # a = w + u, b = w, from w.w, w.u and u.u: |a|^2 = w.w + 2 w.u + u.u, |a - b| = |u|.
   # The moved params are never formed (see `step_angle`); u.u is the step as intended,
   # which differs from fl(w + u) - w by rounding only (relative 1e-5 for a 1e-3 rad step).
   w32, u32 = _tree.as_f32(w), _tree.as_f32(u)
   ww, wu, uu = dot(w32, w32), dot(w32, u32), dot(u32, u32)
   change = 2.0 * wu + uu
-  return _from_sums(ww + change, ww, uu, norm_change=change)
+  return ww + change, ww, uu, change
 
 
 def _finish(terms: _Terms, distance: jax.Array) -> jax.Array:
@@ -108,33 +108,46 @@ def _same(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def _cosine_distances(
     pairs: list[tuple[Any, Any]], dots: list[Any], make=_same, terms=_terms
-) -> list:
+) -> tuple[list, jax.Array]:
   """The cosine distance of each pair ``make(*pair)``: one pass each, exact if it cancels.
 
-  ``terms(*pair, dot)`` gives the three reductions of the one-pass form. The exact
-  (unit-difference) form of the rare leaves runs behind one tree-wide cond (``_guard``),
-  so the common case runs a single cond whatever the number of leaves. Its operands are
-  the pairs; ``make`` builds the two compared arrays from a pair inside the exact branch
-  only. Returns the distances and, per pair, the cond's output they come from.
+  ``terms(*pair, dot)`` gives the reductions of the one-pass form (``|a|^2``, ``|b|^2``,
+  ``|a - b|^2`` and optionally ``|a|^2 - |b|^2``); the scalar work on them runs once for
+  all pairs, packed in one vector (``_groups.Packer``). The exact (unit-difference) form
+  of the rare pairs runs behind one tree-wide cond (``_guard``), so the common case runs
+  a single cond whatever the number of leaves. Its operands are the pairs; ``make``
+  builds the two compared arrays from a pair inside the exact branch only. Returns the
+  distances and the packed vector the cond returned.
   """
-  sums = [terms(*pair, dot) for pair, dot in zip(pairs, dots)]
+  if not pairs:
+    return [], jnp.zeros([0], jnp.float32)
+  raw = [terms(*pair, dot) for pair, dot in zip(pairs, dots)]
+  packer = _groups.Packer([jnp.shape(r[0]) for r in raw])
+  packed = _from_sums(*(packer.pack([r[f] for r in raw]) for f in range(len(raw[0]))))
 
-  def exact(dot):
+  def exact(dot, j):
     def distance(operands, fast):
-      pair, sums = operands
+      pair, packed = operands
+      t = _Terms(*(packer.unpack(x)[j] for x in packed))
       a32, b32 = (_tree.as_f32(x) for x in make(*pair))
-      diff_sq = _unit_difference_sq(a32, b32, dot, sums.aa, sums.bb)
-      return jnp.where(sums.cancels, 0.5 * diff_sq, fast)
+      diff_sq = _unit_difference_sq(a32, b32, dot, t.aa, t.bb)
+      return jnp.where(t.cancels, 0.5 * diff_sq, fast)
 
     return distance
 
+  def rare(j):
+    return lambda operands: jnp.any(packer.unpack(operands[1].cancels)[j])
+
   distances = _guard.rarely_exact(
-      rare=[jnp.any(t.cancels) for t in sums],
-      exact=[exact(dot) for dot in dots],
-      operands=list(zip(pairs, sums)),
-      fast=[t.fast for t in sums],
+      any_rare=jnp.any(packed.cancels),
+      rare=[rare(j) for j in range(len(pairs))],
+      exact=[exact(dot, j) for j, dot in enumerate(dots)],
+      operands=[(pair, packed) for pair in pairs],
+      fast=packed.fast,
+      split=packer.unpack,
+      join=packer.pack,
   )
-  return [_finish(t, d) for t, d in zip(sums, distances)], distances
+  return packer.unpack(_finish(packed, distances)), distances
 
 
 def _angle(distance: jax.Array) -> jax.Array:
@@ -244,7 +257,7 @@ def step_angle(
   * The new params overwrite the donated old ones, which the angles read: unless the
     updates depend on the angles, XLA cannot order the two and copies every measured
     leaf first. ``optimization_barrier`` does not create that order; adding
-    ``0 * d`` (``d`` a scalar the rarely-taken cond returns, so nothing is recomputed
+    ``0 * d`` (``d`` a value the rarely-taken cond returns, so nothing is recomputed
     per element) does, inside the elementwise pass that applies the updates.
   """
   flat_w, chosen, pairs, axes = _select_pairs(
@@ -258,10 +271,9 @@ def step_angle(
   angles = _per_pair([_angle(d) for d in distances], parts)
   flat_u = _tree.flatten(updates)
   tied = list(flat_u.leaves)
-  for part, g in zip(parts, guarded):
-    zero = 0.0 * jnp.ravel(g)[0]
-    for j in part:
-      i = chosen[j]
+  if chosen:
+    zero = 0.0 * guarded[0]
+    for i in chosen:
       tied[i] = tied[i] + zero.astype(jnp.result_type(tied[i]))
   return _per_leaf(flat_w, chosen, angles, axes), flat_u.unflatten(tied)
 

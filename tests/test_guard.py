@@ -23,23 +23,36 @@ def top_level_conds(fn, *args):
 @pytest.mark.parametrize("n", [1, 3])
 def test_rarely_exact_takes_the_exact_path_only_for_rare_items(n):
   fast = [jnp.float32(i) for i in range(n)]
-  operands = [jnp.float32(10 * i) for i in range(n)]
-  exact = [lambda o, f: o + 0.5 for _ in range(n)]
+  exact = [lambda o, f: o[0] + 0.5 for _ in range(n)]
 
   @jax.jit
   def run(flags):
-    return _guard.rarely_exact([flags[i] for i in range(n)], exact, operands, fast)
+    operands = [(jnp.float32(10 * i), flags[i]) for i in range(n)]
+    return _guard.rarely_exact(
+        jnp.any(flags), [lambda o: o[1]] * n, exact, operands, fast
+    )
 
   for flags in ([False] * n, [True] * n, [i == n - 1 for i in range(n)]):
     got = [float(x) for x in run(jnp.array(flags))]
     assert got == [10 * i + 0.5 if f else float(i) for i, f in enumerate(flags)]
 
 
+def test_rarely_exact_splits_and_joins_packed_values():
+  packed = jnp.arange(5.0)  # item 0: [0, 1], item 1: [2, 3, 4]
+  split = lambda v: [v[:2], v[2:]]  # noqa: E731
+  out = _guard.rarely_exact(
+      jnp.array(True), [lambda o: o] * 2, [lambda o, f: -f] * 2,
+      [jnp.array(False), jnp.array(True)], packed, split, jnp.concatenate,
+  )
+  np.testing.assert_array_equal(out, [0.0, 1.0, -2.0, -3.0, -4.0])
+
+
 def test_rarely_exact_has_one_top_level_cond_for_many_items():
-  rare = [jnp.array(False)] * 4
-  args = ([jnp.ones(3)] * 4, [jnp.float32(0)] * 4)
-  fn = lambda o, f: _guard.rarely_exact(rare, [lambda o, f: f] * 4, o, f)  # noqa: E731
-  assert top_level_conds(fn, *args) == 1
+  def fn(operands, fast):
+    return _guard.rarely_exact(
+        jnp.array(False), [lambda o: False] * 4, [lambda o, f: f] * 4, operands, fast
+    )
+  assert top_level_conds(fn, [jnp.ones(3)] * 4, [jnp.float32(0)] * 4) == 1
 
 
 def many_small_leaves(seed=0):
@@ -125,3 +138,14 @@ def test_grouped_measure_rotation_equals_leaf_by_leaf_and_keeps_the_updates(monk
     np.testing.assert_allclose(
         float(g), np.arccos(1 - numpy_distance(x, y)), rtol=2e-4, atol=2e-4
     )
+
+
+def test_packer_round_trips_units_of_any_small_shape():
+  shapes = [(), (1, 1), (3, 1), (2,)]
+  packer = _groups.Packer(shapes)
+  values = [jnp.float32(2.0), jnp.ones((1, 1)), jnp.arange(3.0).reshape(3, 1), 7.0]
+  vector = packer.pack(values)
+  assert vector.shape == (1 + 1 + 3 + 2,)
+  for out, value, shape in zip(packer.unpack(vector), values, shapes):
+    assert out.shape == shape
+    np.testing.assert_array_equal(out, np.broadcast_to(value, shape))

@@ -82,12 +82,19 @@ def _over_tree(form):
 
 
 def check_forms(params, grads) -> None:
-  """The first four forms must agree (else their timings compare different things)."""
+  """The first four forms must agree (else their timings compare different things).
+
+  Up to float32 summation order: 1e-2 of ``|w| |s|``, the scale of every sum (``s.w``
+  of unrelated arrays is a small difference of large terms). The variadic reduce is the
+  least accurate: ~1.5e-3 relative on the 2.4M-element layers (its summation order).
+  """
   expected = [np.asarray(x) for x in jax.jit(_over_tree(three_sums))(params, grads)]
   for name in ("variadic_reduce", "stacked_sum", "gram_matmul"):
     got = jax.jit(_over_tree(FORMS[name]))(params, grads)
     for e, g in zip(expected, got):
-      np.testing.assert_allclose(np.asarray(g), e, rtol=1e-4, err_msg=name)
+      scale = np.array([e[0], np.sqrt(e[0] * e[2]), e[2]])
+      np.testing.assert_array_less(np.abs(np.asarray(g) - e), 1e-2 * scale + 1e-30,
+                                   err_msg=name)
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,20 @@ def rarely_exact(
 
   Returns:
     A value with the structure of ``fast``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax._guard import rarely_exact
+    >>> flags = [jnp.array(False), jnp.array(True)]
+    >>> out = rarely_exact(
+    ...     any_rare=flags[0] | flags[1],
+    ...     rare=[lambda o: o[1]] * 2,
+    ...     exact=[lambda o, fast: o[0]] * 2,
+    ...     operands=[(jnp.float32(10.0), flags[0]), (jnp.float32(20.0), flags[1])],
+    ...     fast=[jnp.float32(1.0), jnp.float32(2.0)],
+    ... )
+    >>> [float(x) for x in out]  # item 1 took its exact path
+    [1.0, 20.0]
   """
   operands = list(operands)
   if not operands:

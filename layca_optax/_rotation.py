@@ -52,7 +52,8 @@ _NORM_GAP_RATIO = 1e-3
 
 
 class _Terms(NamedTuple):
-  """One leaf pair's three reductions: one value per rotating vector."""
+  """The pairs' reductions and one-pass distances, packed over all pairs (one value per
+  rotating vector of each pair, ``_groups.Packer``)."""
 
   aa: jax.Array  # |a|^2
   bb: jax.Array  # |b|^2
@@ -87,7 +88,8 @@ def _terms(a: jax.Array, b: jax.Array, dot) -> tuple[jax.Array, ...]:
 def _step_terms(w: jax.Array, u: jax.Array, dot) -> tuple[jax.Array, ...]:
   # a = w + u, b = w, from w.w, w.u and u.u: |a|^2 = w.w + 2 w.u + u.u, |a - b| = |u|.
   # The moved params are never formed (see `step_angle`); u.u is the step as intended,
-  # which differs from fl(w + u) - w by rounding only (relative 1e-5 for a 1e-3 rad step).
+  # which differs from fl(w + u) - w by rounding only (measured: at most 6e-6 relative at
+  # 1e-3 rad; see `measure_rotation`).
   w32, u32 = _tree.as_f32(w), _tree.as_f32(u)
   ww, wu, uu = dot(w32, w32), dot(w32, u32), dot(u32, u32)
   change = 2.0 * wu + uu

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from layca_optax import _tree
 
-__all__ = ["MAX_SIZE", "Packer", "partition", "stack_f32"]
+__all__ = ["MAX_SIZE", "Packer", "partition", "positions", "stack_f32"]
 
 # Leaves of at most this many elements are reduced in stacks of equal shapes.
 MAX_SIZE = 1 << 16
@@ -75,6 +75,64 @@ def partition(
       groups[key] = [i]
       units.append(groups[key])
   return units
+
+
+def positions(
+    arrays: Sequence[Any], axes: Sequence[tuple[int, ...]], eligible: Sequence[bool]
+) -> list[int]:
+  """Each eligible small array's index among the eligible arrays of its shape and axes.
+
+  A static function of shapes alone (not dtypes or shardings), so that ``init`` and
+  ``update`` agree on it. ``layca`` keeps these in its state: a grouped leaf reads its
+  coefficients at this runtime index, which XLA cannot fold, so the elementwise updates
+  of a group's leaves compile to one kernel instead of one per leaf (see
+  ``uses_positions``). Others: 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax._groups import positions
+    >>> a, b = jnp.ones((4, 4)), jnp.ones((2,))
+    >>> positions([a, b, a, a], [(0, 1), (0,), (0, 1), (0, 1)], [True, True, True, False])
+    [0, 0, 1, 0]
+  """
+  counts: dict[Any, int] = {}
+  out = []
+  for x, ax, ok in zip(arrays, axes, eligible):
+    if not ok or jnp.size(x) > MAX_SIZE:
+      out.append(0)
+      continue
+    key = (jnp.shape(x), tuple(ax))
+    out.append(counts.get(key, 0))
+    counts[key] = out[-1] + 1
+  return out
+
+
+def uses_positions(members: Sequence[int], position: Sequence[int], size: Sequence[int]) -> bool:
+  """Whether a group's member ``j`` is at ``positions`` index ``j``, for every ``j``.
+
+  True when the group (of ``partition``) is the whole class of ``positions``, in order:
+  then the stored positions index the group's stacked values. ``size[i]``: how many
+  arrays share item ``i``'s class.
+  """
+  return all(position[i] == j for j, i in enumerate(members)) and all(
+      size[i] == len(members) for i in members
+  )
+
+
+def class_sizes(
+    arrays: Sequence[Any], axes: Sequence[tuple[int, ...]], eligible: Sequence[bool]
+) -> list[int]:
+  """For each item, how many eligible small arrays share its shape and axes (0 if none)."""
+  pos = positions(arrays, axes, eligible)
+  total: dict[Any, int] = {}
+  for x, ax, ok, p in zip(arrays, axes, eligible, pos):
+    if ok and jnp.size(x) <= MAX_SIZE:
+      key = (jnp.shape(x), tuple(ax))
+      total[key] = max(total.get(key, 0), p + 1)
+  return [
+      total.get((jnp.shape(x), tuple(ax)), 0) if ok and jnp.size(x) <= MAX_SIZE else 0
+      for x, ax, ok in zip(arrays, axes, eligible)
+  ]
 
 
 def stack_f32(arrays: Sequence[Any]) -> jax.Array:

@@ -55,6 +55,11 @@ class LaycaState(NamedTuple):
   count: jax.Array  # shape=(), int32: steps taken, the argument of the schedule.
   # The params' structure: ||w_0|| (float32 scalar) for layer leaves, 0 for the others.
   initial_norms: Any
+  # The params' structure: for each small layer (at most `_groups.MAX_SIZE` elements) an
+  # int32 scalar, its index among the small layers of its shape (`_groups.positions`);
+  # None for the other leaves. Read at run time so that XLA compiles one update kernel
+  # per group of same-shaped layers, not one per layer.
+  slots: Any
 
 
 class _Coefficients(NamedTuple):
@@ -174,8 +179,23 @@ def _units_coefficients(units: list[_Unit], dots: list[Any]) -> list[tuple[Any, 
   return list(zip(packer.unpack(a), packer.unpack(b)))
 
 
+def _init_slots(flat: _tree.Flat, plan) -> Any:
+  """``LaycaState.slots`` for the params ``flat``."""
+  axes = [a.axes for a in plan.axes]
+  sizes = _groups.class_sizes(flat.leaves, axes, plan.is_layer)
+  return flat.unflatten([
+      jnp.int32(p) if n else None
+      for p, n in zip(_groups.positions(flat.leaves, axes, plan.is_layer), sizes)
+  ])
+
+
+def _slot_leaves(slots: Any) -> list[Any]:
+  """The stored slots, one per params leaf (``None`` where there is none)."""
+  return jax.tree.leaves(_tree.unwrap(slots), is_leaf=lambda x: x is None)
+
+
 def _grouped_coefficients(
-    leaves, plan, axis_name, multipliers
+    leaves, plan, axis_name, multipliers, slots
 ) -> dict[int, tuple[Any, Any]]:
   """(a, b) of every layer leaf (by index): small leaves of one shape reduced stacked.
 
@@ -184,9 +204,17 @@ def _grouped_coefficients(
   grows with the number of leaves (~40 s for 500 layers on XLA:CPU). Leaves of at most
   ``_groups.MAX_SIZE`` elements with the same shape, dtypes and rotation axes are stacked
   on a new leading axis, so each group needs three reductions and one cond; the copy is
-  cheap for such leaves. Large leaves keep their own reductions (no copy).
+  cheap for such leaves. Large leaves keep their own reductions (no copy). Each grouped
+  leaf then reads its two coefficients from the group's vectors at the index ``slots``
+  (from the state) holds, when the group is the whole class that index counts in:
+  a runtime index, so its elementwise update compiles to the same kernel as its group's
+  other leaves (a constant index would make one kernel per leaf: 4.5 of the 7 s of
+  compiling 1,000 leaves, BENCHMARKS.md).
   """
   layers = [i for i, leaf in enumerate(leaves) if leaf[2]]
+  arrays, axes = [leaf[1] for leaf in leaves], [a.axes for a in plan.axes]
+  position = _groups.positions(arrays, axes, plan.is_layer)
+  size = _groups.class_sizes(arrays, axes, plan.is_layer)
   parts = _groups.partition(
       [leaves[i][:2] for i in layers], [plan.axes[i].axes for i in layers]
   )
@@ -232,8 +260,14 @@ def _grouped_coefficients(
     if isinstance(members, int):
       out[members] = (a, b)
     else:
+      indexed = _groups.uses_positions(members, position, size)
       for j, i in enumerate(members):
-        out[i] = (a[j], b[j])
+        if indexed:
+          out[i] = tuple(
+              jax.lax.dynamic_index_in_dim(x, slots[i], keepdims=False) for x in (a, b)
+          )
+        else:
+          out[i] = (a[j], b[j])
   return out
 
 
@@ -254,9 +288,11 @@ def _rotate_layers(
     plan = _layers.plan_layers(
         _tree.flatten(params), params, mask, layer_order, owner, rotation_axes
     )
+    flat = _tree.flatten(params)
     return LaycaState(
         count=jnp.zeros([], jnp.int32),
         initial_norms=_transforms.initial_norms(params, plan, owner, axis_name),
+        slots=_init_slots(flat, plan),
     )
 
   def update_fn(updates, state, params=None):
@@ -279,6 +315,7 @@ def _rotate_layers(
     coefficients = _grouped_coefficients(
         leaves, plan, axis_name,
         lambda: _layers.traced_multipliers(plan.num_layers, alpha, depth_exponent),
+        _slot_leaves(state.slots),
     )
     out = []
     for i, (s, w, layer, _, rho, _, _) in enumerate(leaves):
@@ -289,7 +326,7 @@ def _rotate_layers(
       out.append(
           (a * _tree.as_f32(w) + b * _tree.as_f32(s)).astype(jnp.result_type(w))
       )
-    new_state = LaycaState(optax.safe_increment(state.count), state.initial_norms)
+    new_state = state._replace(count=optax.safe_increment(state.count))
     return flat_s.unflatten(out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

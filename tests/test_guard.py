@@ -149,3 +149,27 @@ def test_packer_round_trips_units_of_any_small_shape():
   for out, value, shape in zip(packer.unpack(vector), values, shapes):
     assert out.shape == shape
     np.testing.assert_array_equal(out, np.broadcast_to(value, shape))
+
+
+def test_grouped_layers_read_their_slot_and_fall_back_when_groups_split(monkeypatch):
+  # Slots index a group's coefficients only when the group is the whole class of
+  # same-shaped small layers; gradients of mixed dtypes split a class, and then the
+  # leaves take constant indices. Both must equal the leaf-by-leaf step.
+  params = many_small_leaves(4)
+  grads = jax.tree.map(lambda x: np.cos(3 * x), params)
+  mixed = dict(grads, b1=jax.tree.map(lambda x: x.astype(jnp.bfloat16), grads["b1"]))
+  tx = lo.layca(0.1)
+  state = tx.init(params)
+  slots = state[1].slots
+  assert [int(slots[f"b{i}"]["q"]) for i in range(4)] == [0, 1, 2, 3]
+  assert slots["big"] is None
+  def run(g, s):  # a fresh jit each time: traced with the current MAX_SIZE
+    return jax.jit(lambda g, s, p: tx.update(g, s, p)[0])(g, s, params)
+
+  grouped = [run(g, state) for g in (grads, mixed)]
+  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  alone = [run(g, tx.init(params)) for g in (grads, mixed)]
+  for g, a in zip(grouped, alone):
+    for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(a)):
+      np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                                 rtol=1e-5, atol=1e-6)

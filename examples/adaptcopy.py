@@ -155,10 +155,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data = experiment.load_data(args)
   histories = run(
-      data, experiment.vgg_from_args(args, data), epochs=args.epochs,
+      data, experiment.vgg_from_args(args, data),
       adam_lr=args.adam_lr, reference_lr=None if args.no_reference else args.sgd_layca_lr,
-      copy_momentum=args.copy_momentum,
-      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+      copy_momentum=args.copy_momentum, **experiment.common_settings(args),
   )
   error = replay_error(histories[COPY], histories[ADAM])
   notes = [

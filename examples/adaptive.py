@@ -166,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
       data, experiment.vgg_from_args(args, data), methods=args.methods,
       plain_lr=plain_lr, layca_lr=args.layca_lr,
       sgd_reference_lr=args.sgd_layca_lr if args.sgd_reference else None,
-      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-      progress=not args.no_progress,
+      **experiment.common_settings(args),
   )
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),

@@ -41,8 +41,13 @@ class RunContext:
 OptimizerFactory = Callable[[RunContext], optax.GradientTransformation]
 
 
+def number_list(text: str, cast=float) -> tuple:
+  """Comma-separated numbers, e.g. ``-0.6,0,0.6`` (empty items skipped)."""
+  return tuple(cast(w) for w in text.split(",") if w.strip())
+
+
 def _int_tuple(text: str) -> tuple[int, ...]:
-  return tuple(int(w) for w in text.split(","))
+  return number_list(text, int)
 
 
 def parse_rate(text: str) -> float:
@@ -81,6 +86,14 @@ def add_common_arguments(
     )
     parser.add_argument("--convs-per-stage", type=int, default=2)
   return parser
+
+
+def common_settings(args: argparse.Namespace) -> dict[str, Any]:
+  """The run settings of ``add_common_arguments``: ``epochs, batch_size, seed, progress``."""
+  return dict(
+      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+      progress=not args.no_progress,
+  )
 
 
 def load_data(args: argparse.Namespace) -> data_lib.Dataset:

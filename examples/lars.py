@@ -213,9 +213,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data = experiment.load_data(args)
   histories, norms = run(
-      data, experiment.vgg_from_args(args, data), epochs=args.epochs, rho=args.rho,
+      data, experiment.vgg_from_args(args, data), rho=args.rho,
       init_scale=args.init_scale, max_growth=args.max_growth,
-      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+      **experiment.common_settings(args),
   )
   figure = args.out / "weight_norms.png"
   save_norms_figure(figure, norms, histories)

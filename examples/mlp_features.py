@@ -201,9 +201,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data = experiment.load_data(args)
   histories, features, neurons = run(
-      data, rates=args.rates, epochs=args.epochs, batch_size=args.batch_size,
-      hidden=args.hidden, batch_norm=args.batch_norm, neurons=args.neurons,
-      seed=args.seed, progress=not args.no_progress,
+      data, rates=args.rates, hidden=args.hidden, batch_norm=args.batch_norm,
+      neurons=args.neurons, **experiment.common_settings(args),
   )
   figure = args.out / "features.png"
   save_features_figure(figure, features, histories, neurons)

@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   data = experiment.load_data(args)
   histories = experiment.run_all(
       data, runs(args.layca_lr, args.sgd_lr), experiment.vgg_from_args(args, data),
-      epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-      progress=not args.no_progress,
+      **experiment.common_settings(args),
   )
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),

@@ -76,10 +76,6 @@ class Configuration:
     return f"rho(0)={format_rate(self.rho)}, alpha={self.alpha:g}"
 
 
-def _floats(text: str) -> tuple[float, ...]:
-  return tuple(float(w) for w in text.split(",") if w.strip())
-
-
 def sweeps(
     rates: Sequence[float] = RATES,
     alphas: Sequence[float] = ALPHAS,
@@ -258,7 +254,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       help="rho(0) values at alpha = 0, comma separated (default 3^-2,3^-3,3^-4,3^-5)",
   )
   parser.add_argument(
-      "--alphas", type=_floats, default=ALPHAS,
+      "--alphas", type=experiment.number_list, default=ALPHAS,
       help="alpha values at --alpha-rate, comma separated; write --alphas=-0.6,0,0.6 "
       "(the default) when the first is negative",
   )
@@ -277,9 +273,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data = experiment.load_data(args)
   histories = run(
-      data, experiment.vgg_from_args(args, data), epochs=args.epochs, rates=args.rates,
+      data, experiment.vgg_from_args(args, data), rates=args.rates,
       alphas=args.alphas, alpha_rate=args.alpha_rate, depth_exponent=args.depth_exponent,
-      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+      **experiment.common_settings(args),
   )
   sweeps_ = sweeps(args.rates, args.alphas, args.alpha_rate)
   results = sweep_results(histories, sweeps_)

@@ -103,10 +103,6 @@ def run(
   )
 
 
-def _float_tuple(text: str) -> tuple[float, ...]:
-  return tuple(float(w) for w in text.split(",")) if text else ()
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m examples.warmup",
@@ -116,7 +112,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/warmup")
   parser.add_argument("--sgd-lr", type=float, default=SGD_LR, help="SGD's (final) rate")
   parser.add_argument(
-      "--warmup-epochs", type=_float_tuple, default=WARMUP_EPOCHS,
+      "--warmup-epochs", type=experiment.number_list, default=WARMUP_EPOCHS,
       help="warm-up lengths in epochs besides 0, comma separated (default 1,3)",
   )
   parser.add_argument("--layca-lr", type=float, default=LAYCA_LR)
@@ -127,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data = experiment.load_data(args)
   histories = run(
-      data, experiment.vgg_from_args(args, data), epochs=args.epochs,
+      data, experiment.vgg_from_args(args, data),
       sgd_lr=args.sgd_lr, warmup_epochs=args.warmup_epochs, layca_lr=args.layca_lr,
-      batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+      **experiment.common_settings(args),
   )
   steps_per_epoch = data_lib.num_batches(len(data.x_train), args.batch_size)
   early = {name: early_rotation(h, steps_per_epoch) for name, h in histories.items()}

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from layca_optax import _tree
 
-__all__ = ["MAX_SIZE", "Packer", "partition", "positions", "stack_f32"]
+__all__ = ["MAX_SIZE", "Packer", "indexes_group", "partition", "positions", "stack_f32"]
 
 # Leaves of at most this many elements are reduced in stacks of equal shapes.
 MAX_SIZE = 1 << 16
@@ -79,60 +79,44 @@ def partition(
 
 def positions(
     arrays: Sequence[Any], axes: Sequence[tuple[int, ...]], eligible: Sequence[bool]
-) -> list[int]:
-  """Each eligible small array's index among the eligible arrays of its shape and axes.
+) -> list[tuple[int, int] | None]:
+  """Per eligible small array: its index among the eligible arrays of its shape and axes,
+  and how many there are; ``None`` for the others.
 
   A static function of shapes alone (not dtypes or shardings), so that ``init`` and
-  ``update`` agree on it. ``layca`` keeps these in its state: a grouped leaf reads its
-  coefficients at this runtime index, which XLA cannot fold, so the elementwise updates
-  of a group's leaves compile to one kernel instead of one per leaf (see
-  ``uses_positions``). Others: 0.
+  ``update`` agree on it. ``layca`` keeps the indices in its state: a grouped leaf reads
+  its coefficients at this runtime index, which XLA cannot fold, so the elementwise
+  updates of a group's leaves compile to one kernel instead of one per leaf (see
+  ``indexes_group``).
 
   Examples:
     >>> import jax.numpy as jnp
     >>> from layca_optax._groups import positions
     >>> a, b = jnp.ones((4, 4)), jnp.ones((2,))
     >>> positions([a, b, a, a], [(0, 1), (0,), (0, 1), (0, 1)], [True, True, True, False])
-    [0, 0, 1, 0]
+    [(0, 2), (0, 1), (1, 2), None]
   """
-  counts: dict[Any, int] = {}
-  out = []
-  for x, ax, ok in zip(arrays, axes, eligible):
-    if not ok or jnp.size(x) > MAX_SIZE:
-      out.append(0)
-      continue
-    key = (jnp.shape(x), tuple(ax))
-    out.append(counts.get(key, 0))
-    counts[key] = out[-1] + 1
-  return out
-
-
-def uses_positions(members: Sequence[int], position: Sequence[int], size: Sequence[int]) -> bool:
-  """Whether a group's member ``j`` is at ``positions`` index ``j``, for every ``j``.
-
-  True when the group (of ``partition``) is the whole class of ``positions``, in order:
-  then the stored positions index the group's stacked values. ``size[i]``: how many
-  arrays share item ``i``'s class.
-  """
-  return all(position[i] == j for j, i in enumerate(members)) and all(
-      size[i] == len(members) for i in members
-  )
-
-
-def class_sizes(
-    arrays: Sequence[Any], axes: Sequence[tuple[int, ...]], eligible: Sequence[bool]
-) -> list[int]:
-  """For each item, how many eligible small arrays share its shape and axes (0 if none)."""
-  pos = positions(arrays, axes, eligible)
-  total: dict[Any, int] = {}
-  for x, ax, ok, p in zip(arrays, axes, eligible, pos):
-    if ok and jnp.size(x) <= MAX_SIZE:
-      key = (jnp.shape(x), tuple(ax))
-      total[key] = max(total.get(key, 0), p + 1)
-  return [
-      total.get((jnp.shape(x), tuple(ax)), 0) if ok and jnp.size(x) <= MAX_SIZE else 0
+  keys = [
+      (jnp.shape(x), tuple(ax)) if ok and jnp.size(x) <= MAX_SIZE else None
       for x, ax, ok in zip(arrays, axes, eligible)
   ]
+  counts: dict[Any, int] = {}
+  index = []
+  for key in keys:
+    index.append(counts.get(key, 0))
+    counts[key] = index[-1] + 1
+  return [
+      None if key is None else (i, counts[key]) for key, i in zip(keys, index)
+  ]
+
+
+def indexes_group(members: Sequence[int], position: Sequence[Any]) -> bool:
+  """Whether ``positions`` index the stack of a group (of ``partition``): the group is
+  the whole class of its members' shape and axes, in order."""
+  return all(
+      position[i] is not None and position[i] == (j, len(members))
+      for j, i in enumerate(members)
+  )
 
 
 def stack_f32(arrays: Sequence[Any]) -> jax.Array:

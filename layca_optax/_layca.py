@@ -181,12 +181,8 @@ def _units_coefficients(units: list[_Unit], dots: list[Any]) -> list[tuple[Any, 
 
 def _init_slots(flat: _tree.Flat, plan) -> Any:
   """``LaycaState.slots`` for the params ``flat``."""
-  axes = [a.axes for a in plan.axes]
-  sizes = _groups.class_sizes(flat.leaves, axes, plan.is_layer)
-  return flat.unflatten([
-      jnp.int32(p) if n else None
-      for p, n in zip(_groups.positions(flat.leaves, axes, plan.is_layer), sizes)
-  ])
+  position = _groups.positions(flat.leaves, [a.axes for a in plan.axes], plan.is_layer)
+  return flat.unflatten([None if p is None else jnp.int32(p[0]) for p in position])
 
 
 def _slot_leaves(slots: Any) -> list[Any]:
@@ -208,13 +204,13 @@ def _grouped_coefficients(
   leaf then reads its two coefficients from the group's vectors at the index ``slots``
   (from the state) holds, when the group is the whole class that index counts in:
   a runtime index, so its elementwise update compiles to the same kernel as its group's
-  other leaves (a constant index would make one kernel per leaf: 4.5 of the 7 s of
-  compiling 1,000 leaves, BENCHMARKS.md).
+  other leaves (with a constant index, one kernel per leaf: the 1,000-leaf benchmark tree
+  compiled in 7.0-7.3 s instead of 3.6-3.8 s, BENCHMARKS.md).
   """
   layers = [i for i, leaf in enumerate(leaves) if leaf[2]]
-  arrays, axes = [leaf[1] for leaf in leaves], [a.axes for a in plan.axes]
-  position = _groups.positions(arrays, axes, plan.is_layer)
-  size = _groups.class_sizes(arrays, axes, plan.is_layer)
+  position = _groups.positions(
+      [leaf[1] for leaf in leaves], [a.axes for a in plan.axes], plan.is_layer
+  )
   parts = _groups.partition(
       [leaves[i][:2] for i in layers], [plan.axes[i].axes for i in layers]
   )
@@ -260,7 +256,7 @@ def _grouped_coefficients(
     if isinstance(members, int):
       out[members] = (a, b)
     else:
-      indexed = _groups.uses_positions(members, position, size)
+      indexed = _groups.indexes_group(members, position)
       for j, i in enumerate(members):
         if indexed:
           out[i] = tuple(

@@ -57,7 +57,7 @@ def measure_rotation(
   relative error at most 1.2e-4 at 1e-4 rad, 6e-4 at 1e-5 rad, 2e-2 at 1e-6 rad (the
   worst cases are 10-element leaves; at 10^6 elements: 1.2e-6, 1.7e-5, 9e-4).
   The state is zero-filled at ``init`` and keeps its structure. Read it with
-  :func:`rotation_rates`. Cost: three reductions per layer every step (about 3.5x an
+  :func:`rotation_rates`. Cost: three reductions per layer every step (3.5-3.9x an
   SGD-with-momentum step on top of it on an 18.4M-parameter CNN on CPU, see
   BENCHMARKS.md); the state holds one float32 per layer.
 

@@ -7,7 +7,6 @@ rotation utilities measure how far each layer has turned from its initialisation
 generalization in deep networks?", 2019).
 """
 
-from layca_optax._axes import output_unit_axes, stacked_layer_axes, whole_leaf_axes
 from layca_optax._curves import (
     CurveBuffer,
     LayerRotationCurves,
@@ -15,15 +14,26 @@ from layca_optax._curves import (
     record_curve,
 )
 from layca_optax._layca import LaycaState, layca
-from layca_optax._layers import alpha_multipliers, default_mask
 from layca_optax._logging import rotation_scalars
-from layca_optax._monitor import MeasureRotationState, measure_rotation, rotation_rates
+from layca_optax._measure import (
+    MeasureRotationState,
+    cosine_distance,
+    measure_rotation,
+    rotation_angle,
+    rotation_rates,
+)
+from layca_optax._numerics import PARALLEL_RTOL
 from layca_optax._order import forward_order, natural_order
+from layca_optax._plan import (
+    alpha_multipliers,
+    default_mask,
+    output_unit_axes,
+    stacked_layer_axes,
+    whole_leaf_axes,
+)
 from layca_optax._plotting import plot_layer_rotation_curves, plot_rotation_rates
 from layca_optax._rates import PerLeafRates, replay_rates
-from layca_optax._rotation import cosine_distance, rotation_angle
 from layca_optax._transforms import (
-    PARALLEL_RTOL,
     ProjectToSphereState,
     ScaleByLayerRatesState,
     normalize_rotation,

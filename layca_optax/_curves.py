@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from layca_optax import _axes, _layers, _rotation, _tree
+from layca_optax import _measure, _plan, _tree
 
 __all__ = ["CurveBuffer", "LayerRotationCurves", "init_curve_buffer", "record_curve"]
 
@@ -45,58 +44,50 @@ class _CurvePlan(NamedTuple):
   treedef: Any
   paths: tuple[str, ...]  # every leaf of the params, flattening order
   leaf_indices: tuple[int, ...]  # the recorded leaves, input layer first
-  axes: tuple[tuple[int, ...], ...]  # rotation axes of each recorded leaf
+  axes: tuple[tuple[int, ...], ...]  # vector axes of each recorded leaf
   shapes: tuple[tuple[int, ...], ...]  # shape of each recorded leaf
-  names: tuple[str, ...]  # one per curve: 'path', or 'path[i]' for a kept axis
+  names: tuple[str, ...]  # one per curve: 'path', or 'path[i]' per vector
 
 
-def _curve_names(path: str, kept_shape: tuple[int, ...]) -> list[str]:
-  if not kept_shape:
-    return [path]
-  return [f"{path}[{','.join(map(str, i))}]" for i in np.ndindex(*kept_shape)]
-
-
-def _plan(
+def _curve_plan(
     params: Any,
-    mask: _layers.MaskOrFn,
-    rotation_axes: _axes.AxesOrFn,
+    mask: _plan.MaskOrFn,
+    rotation_axes: _plan.AxesOrFn,
     layer_order: Sequence[str] | None,
-    owner: str,
+    caller: str,
 ) -> _CurvePlan:
-  flat = _tree.flatten(params)
   # mask=None means the kernels here (as in layca), not every leaf (as in cosine_distance).
-  is_layer = _layers.resolve_mask(mask, params, owner)
-  _layers.check_layer_dtypes(flat, is_layer, owner)
-  leaf_axes = _axes.resolve_axes(rotation_axes, flat, params, owner)
-  kept = [
-      tuple(s for a, s in enumerate(np.shape(x)) if a not in ax.axes)
-      for x, ax in zip(flat.leaves, leaf_axes)
-  ]
-  counts = [math.prod(k) for k in kept]
-  starts = _layers.layer_indices(flat.paths, is_layer, layer_order, owner, counts)
-  order = sorted((s, i) for i, s in enumerate(starts) if s is not None)
+  plan = _plan.make_plan(
+      params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
+      caller=caller,
+  )
+  order = sorted((leaf.depth, i) for i, leaf in enumerate(plan.leaves) if leaf.is_layer)
   if not order:
     raise ValueError(
-        f"{owner}: no leaf of the params is a layer, so there is nothing to record. The "
+        f"{caller}: no leaf of the params is a layer, so there is nothing to record. The "
         "default mask selects leaves with ndim >= 2 (kernels); pass mask=... to choose "
         "others, e.g. mask=lambda p: jax.tree.map(lambda x: x.ndim >= 1, p)."
     )
-  indices = tuple(i for _, i in order)
+  flat = _tree.flatten(params)
+  recorded = [plan.leaves[i] for _, i in order]
   return _CurvePlan(
       treedef=flat.treedef,
       paths=flat.paths,
-      leaf_indices=indices,
-      axes=tuple(leaf_axes[i].axes for i in indices),
-      shapes=tuple(tuple(np.shape(flat.leaves[i])) for i in indices),
-      names=tuple(n for i in indices for n in _curve_names(flat.paths[i], kept[i])),
+      leaf_indices=tuple(i for _, i in order),
+      axes=tuple(leaf.vector_axes for leaf in recorded),
+      shapes=tuple(tuple(np.shape(flat.leaves[i])) for _, i in order),
+      names=tuple(
+          name for leaf in recorded
+          for name in _plan.vector_names(leaf.path, leaf.vector_count_shape)
+      ),
   )
 
 
-def _layer_leaves(plan: _CurvePlan, params: Any, owner: str, name: str) -> list[Any]:
+def _layer_leaves(plan: _CurvePlan, params: Any, caller: str, name: str) -> list[Any]:
   """The recorded leaves of ``params`` (depth order), after checking they fit ``plan``."""
   flat = _tree.flatten(params)
   _tree.check_same_structure(
-      flat, _tree.Flat(plan.paths, (), plan.treedef), owner,
+      flat, _tree.Flat(plan.paths, (), plan.treedef), caller,
       names=(name, "initial params"),
       fix="Record versions of the params tree the curves were created with.",
   )
@@ -104,7 +95,7 @@ def _layer_leaves(plan: _CurvePlan, params: Any, owner: str, name: str) -> list[
   for i, leaf, shape in zip(plan.leaf_indices, leaves, plan.shapes):
     if tuple(np.shape(leaf)) != shape:
       raise ValueError(
-          f"{owner}: leaf {plan.paths[i]!r} of the {name} has shape {np.shape(leaf)} but "
+          f"{caller}: leaf {plan.paths[i]!r} of the {name} has shape {np.shape(leaf)} but "
           f"the initial params had {shape}. Record versions of the params tree the "
           "curves were created with."
       )
@@ -117,23 +108,8 @@ def _distance_row(
     axes: tuple[tuple[int, ...], ...],
 ) -> jax.Array:
   """All curves' cosine distances, one float32 vector in depth order (jit-safe)."""
-  distances = _rotation.cosine_distance(list(leaves), list(reference), rotation_axes=list(axes))
+  distances = _measure.cosine_distance(list(leaves), list(reference), rotation_axes=list(axes))
   return jnp.concatenate([jnp.ravel(d) for d in distances])
-
-
-def _host_distance(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-  """``_rotation._cosine_distances`` (one leaf) in float64 NumPy: the same conventions."""
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  aa = np.sum(a * a, axis=axes, keepdims=True)
-  bb = np.sum(b * b, axis=axes, keepdims=True)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    ua = np.where(aa > 0, a / np.sqrt(aa), 0.0)
-    ub = np.where(bb > 0, b / np.sqrt(bb), 0.0)
-  diff = ua - ub
-  distance = 0.5 * np.sum(diff * diff, axis=axes, keepdims=True)
-  equal = np.all(a == b, axis=axes, keepdims=True)
-  distance = np.where(equal, 0.0, np.where((aa == 0) | (bb == 0), 1.0, distance))
-  return np.ravel(np.squeeze(distance, axis=axes))
 
 
 class LayerRotationCurves:
@@ -156,8 +132,8 @@ class LayerRotationCurves:
     shape) plus one transfer of one float per curve.
   * ``reference="host"``: the copy lives in host (NumPy) memory and uses no device
     memory. ``record`` then transfers every layer leaf to the host (``jax.device_get``,
-    the size of the kernels each time) and computes in float64 NumPy: fine once per
-    epoch, too slow to call every step of a large model.
+    the size of the kernels each time) and runs the same float32 computation on the
+    host's CPU: fine once per epoch, too slow to call every step of a large model.
   * ``reference_dtype=jnp.bfloat16`` halves the copy of float32 kernels, at a cost in
     accuracy. Measured on normal float32 kernels of 640 to 262,144 entries after
     rotations of 0 to 1.5 rad (``tests/test_curves.py`` checks these bounds): rounding
@@ -168,11 +144,9 @@ class LayerRotationCurves:
     deviation; at most 2.4 times that in 100 draws): about 1e-5 for a 36,864-entry
     ``(3, 3, 64, 64)`` conv kernel, 7e-5 for a ``(64, 10)`` dense one. ``float16`` is
     about 60 times more accurate (floor 2e-8, absolute error below 1e-5).
-  * Float32 ``"device"`` and float64 ``"host"`` values are both within 5e-6 relative of
-    the exact cosine distance for rotations from 1e-3 rad (at small angles the float32
-    rounding of the params dominates; for large rotations host errors drop to 1e-9,
-    device ones stay near 1e-7). Cost, for a 4-layer 256-wide MLP on CPU: ``record`` takes
-    about 1.3 ms with the device copy and 8 ms with the host copy.
+  * ``"device"`` and ``"host"`` values are within 5e-6 relative of the exact cosine
+    distance for rotations from 1e-3 rad (the float32 rounding of the params dominates;
+    ``tests/test_curves.py`` checks it on kernels of 640 to 262,144 entries).
 
   Args:
     init_params: the initial params (any pytree, Flax NNX ``State`` included).
@@ -214,20 +188,22 @@ class LayerRotationCurves:
       init_params: Any,
       *,
       layer_order: Sequence[str] | None = None,
-      mask: _layers.MaskOrFn = None,
-      rotation_axes: _axes.AxesOrFn = None,
+      mask: _plan.MaskOrFn = None,
+      rotation_axes: _plan.AxesOrFn = None,
       reference: str = "device",
       reference_dtype: Any = None,
   ):
-    owner = "LayerRotationCurves"
+    caller = "LayerRotationCurves"
     if reference not in ("device", "host"):
       raise ValueError(
-          f"{owner}: reference must be 'device' (a copy of the initial layers in device "
+          f"{caller}: reference must be 'device' (a copy of the initial layers in device "
           f"memory) or 'host' (in NumPy memory), got reference={reference!r}."
       )
-    self._plan = _plan(init_params, mask, rotation_axes, layer_order, owner)
-    leaves = _layer_leaves(self._plan, init_params, owner, "initial params")
+    plan = _curve_plan(init_params, mask, rotation_axes, layer_order, caller)
+    self._plan: _CurvePlan | None = plan
+    leaves = _layer_leaves(plan, init_params, caller, "initial params")
     dtype = None if reference_dtype is None else jnp.dtype(reference_dtype)
+    self._reference: list[Any] | None
     if reference == "host":
       host = jax.device_get(leaves)
       self._reference = [np.array(x, dtype=dtype, copy=True) for x in host]
@@ -235,10 +211,10 @@ class LayerRotationCurves:
       self._reference = [jnp.array(x, dtype=dtype, copy=True) for x in leaves]
     self._host = reference == "host"
     # Built once: every record with same-shaped params reuses one compiled function.
-    self._distances = jax.jit(functools.partial(_distance_row, axes=self._plan.axes))
+    self._distances: Any = jax.jit(functools.partial(_distance_row, axes=plan.axes))
     self._source: str | None = None
     self.steps: list[int] = []
-    self.values: dict[str, list[float]] = {name: [] for name in self._plan.names}
+    self.values: dict[str, list[float]] = {name: [] for name in plan.names}
 
   @classmethod
   def from_values(
@@ -285,22 +261,19 @@ class LayerRotationCurves:
       step: the step (or epoch) of this record.
       params: the current params, same structure and shapes as ``init_params``.
     """
-    owner = "LayerRotationCurves.record"
-    if self._reference is None:
+    caller = "LayerRotationCurves.record"
+    if self._reference is None or self._plan is None:
       raise RuntimeError(
-          f"{owner}: these curves were made by LayerRotationCurves.{self._source}() and "
+          f"{caller}: these curves were made by LayerRotationCurves.{self._source}() and "
           "hold no initial params, so they cannot record. To keep recording, create "
           "LayerRotationCurves(init_params, ...) with the run's initial params (and, if "
           "needed, copy `steps` and `values` over), or append scan records with "
           ".extend(steps, buffer)."
       )
-    leaves = _layer_leaves(self._plan, params, owner, "params")
-    if self._host:
-      host = jax.device_get(leaves)
-      row = np.concatenate([
-          _host_distance(a, b, axes)
-          for a, b, axes in zip(host, self._reference, self._plan.axes)
-      ])
+    leaves = _layer_leaves(self._plan, params, caller, "params")
+    if self._host:  # the same float32 computation, on the host's CPU
+      with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        row = np.asarray(self._distances(jax.device_get(leaves), self._reference))
     else:
       row = np.asarray(jax.device_get(self._distances(leaves, self._reference)))
     self._append(int(step), row)
@@ -313,10 +286,10 @@ class LayerRotationCurves:
       buffer: the buffer, with the same curves as these (same params, mask,
         rotation_axes and layer_order).
     """
-    owner = "LayerRotationCurves.extend"
+    caller = "LayerRotationCurves.extend"
     if tuple(buffer.paths) != tuple(self.paths):
       raise ValueError(
-          f"{owner}: the buffer's curves {list(buffer.paths)[:4]}... differ from these "
+          f"{caller}: the buffer's curves {list(buffer.paths)[:4]}... differ from these "
           f"curves {self.paths[:4]}...; build it with init_curve_buffer(init_params, n, "
           "...) using the same params, mask, rotation_axes and layer_order."
       )
@@ -330,7 +303,7 @@ class LayerRotationCurves:
           if count > held else ""
       )
       raise ValueError(
-          f"{owner}: the buffer holds {held} records{dropped} but {len(steps)} steps were "
+          f"{caller}: the buffer holds {held} records{dropped} but {len(steps)} steps were "
           f"given; pass one step per record, e.g. steps[:{held}]."
       )
     for step, row in zip(steps, values[:held]):
@@ -417,8 +390,8 @@ def init_curve_buffer(
     num_records: int,
     *,
     layer_order: Sequence[str] | None = None,
-    mask: _layers.MaskOrFn = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> CurveBuffer:
   """An empty :class:`CurveBuffer` with room for ``num_records`` records.
 
@@ -432,7 +405,7 @@ def init_curve_buffer(
   Returns:
     A buffer with ``count == 0``.
   """
-  plan = _plan(init_params, mask, rotation_axes, layer_order, "init_curve_buffer")
+  plan = _curve_plan(init_params, mask, rotation_axes, layer_order, "init_curve_buffer")
   return CurveBuffer(
       values=jnp.zeros((int(num_records), len(plan.names)), jnp.float32),
       count=jnp.zeros((), jnp.int32),
@@ -446,8 +419,8 @@ def record_curve(
     init_params: Any,
     *,
     layer_order: Sequence[str] | None = None,
-    mask: _layers.MaskOrFn = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> CurveBuffer:
   """Writes the layers' cosine distances to ``init_params`` at ``buffer.count``.
 
@@ -488,7 +461,7 @@ def record_curve(
     >>> [round(v, 4) for v in curves.values['w']]
     [0.1056, 0.2929, 0.4453]
   """
-  plan = _plan(init_params, mask, rotation_axes, layer_order, "record_curve")
+  plan = _curve_plan(init_params, mask, rotation_axes, layer_order, "record_curve")
   if tuple(buffer.paths) != plan.names:
     raise ValueError(
         "record_curve: the buffer was built for other curves than these params give "

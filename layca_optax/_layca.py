@@ -1,36 +1,40 @@
 r"""``layca``: the whole algorithm on top of any base optimizer, fused per layer.
 
-The chain of the four composable transforms reads each layer once per operation and once
-per norm. Here each layer needs only three reductions (:math:`s \cdot w`, :math:`w \cdot w`,
-:math:`s \cdot s`, all over the inputs; XLA:CPU runs them as three kernels) and one
-elementwise pass, using two identities of Algorithm 1:
-
-* with :math:`k = s \cdot w / w \cdot w`, the projected step is :math:`p = s - k w` and
-  :math:`\|p\|^2 = s \cdot s - k\, (s \cdot w)`;
-* :math:`p \perp w` and :math:`\|\beta p\| = \rho_l \|w\|` for
-  :math:`\beta = \rho_l \|w\| / \|p\|`, so :math:`\|w - \beta p\| = \|w\| \sqrt{1 + \rho_l^2}`
-  and the sphere projection needs no second reduction:
+Algorithm 1 of the paper, for a layer with weights :math:`w`, initial norm
+:math:`\|w_0\|`, rate :math:`\rho_l` and the base optimizer's step :math:`s`:
 
 .. math::
-  w' = \gamma\,(w - \beta p), \qquad \gamma = \frac{\|w_0\|}{\|w\| \sqrt{1 + \rho_l^2}},
-  \qquad u = w' - w = \big(\gamma (1 + \beta k) - 1\big)\, w - \gamma \beta\, s.
+  p = s - k w,\quad k = \frac{s \cdot w}{w \cdot w}; \qquad
+  w' = \gamma\,(w - \beta p),\quad \beta = \frac{\rho_l \|w\|}{\|p\|},\quad
+  \gamma = \frac{\|w_0\|}{\|w - \beta p\|}.
 
-When :math:`s` is nearly parallel to :math:`w` (:math:`\|p\|^2 < 10^{-2}\, s \cdot s`) the
-difference :math:`s \cdot s - k\,(s \cdot w)` and the two terms of :math:`u` cancel in
-float32; those layers take an exact path instead, which forms :math:`p` and measures
-:math:`\|w - \beta p\|` (two more passes, in a per-layer ``lax.cond`` that returns the two
-scalars of :math:`u = a w + b s`, so the common case skips those passes and the one
-elementwise pass stays fused with ``optax.apply_updates``). The per-layer conds sit in
-one tree-wide cond (``_guard``): a step with no nearly parallel layer runs one cond, not
-one per layer (17 conds cost ~10 % of a step on XLA:CPU, see BENCHMARKS.md).
+The chain of the four composable transforms reads each layer once per operation and once
+per norm. Here each layer needs only three sums (:math:`w \cdot w`, :math:`s \cdot w`,
+:math:`s \cdot s`) and one elementwise pass, using two identities:
 
-Small layers of one shape (a transformer's per-block kernels) are stacked and take these
-steps together, so that a tree of many small leaves compiles to a few reductions and conds
-rather than a set per leaf (``_grouped_coefficients``).
+* :math:`\|p\|^2 = s \cdot s - k\, (s \cdot w)`;
+* :math:`p \perp w` and :math:`\|\beta p\| = \rho_l \|w\|`, so
+  :math:`\|w - \beta p\| = \|w\| \sqrt{1 + \rho_l^2}`.
+
+The update is then two scalars per layer times the two arrays:
+
+.. math::
+  u = w' - w = a\, w + b\, s, \qquad a = \gamma (1 + \beta k) - 1, \qquad b = -\gamma \beta.
+
+When :math:`s` is nearly parallel to :math:`w` (:math:`\|p\|^2 < 10^{-2}\, s \cdot s`,
+``_numerics.NEARLY_PARALLEL``) the difference :math:`s \cdot s - k\,(s \cdot w)` cancels in
+float32; those layers take an exact path that forms :math:`p` and measures
+:math:`\|p\|` and :math:`\|w - \beta p\|` (two more passes), behind a ``lax.cond`` that is
+rarely taken (``_stacking.values_per_leaf``).
+
+Reading order: the state, the per-layer coefficients (:func:`_common_coefficients`,
+:func:`_exact_coefficients`), how layers are grouped (:func:`_layer_coefficients`), the
+transform (:func:`_rotate_layers`) and :func:`layca`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -39,232 +43,158 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from layca_optax import _axes, _groups, _guard, _layers, _rates, _transforms, _tree
+from layca_optax import _numerics, _plan, _rates, _stacking, _transforms, _tree
+from layca_optax._numerics import as_f32
 
 __all__ = ["LaycaState", "layca"]
 
-# Below this ratio ||p||^2 / ||s||^2 the one-pass formulas lose more than ~1e-4 relative
-# accuracy in float32 (measured on leaves of 10 to 2.4M elements), so p is formed exactly.
-_CANCELLATION_RATIO = 1e-2
-
-
 
 class LaycaState(NamedTuple):
-  """State of Layca's rotation step (the base optimizer keeps its own state)."""
+  """State of Layca's rotation step (the base optimizer keeps its own state).
 
-  count: jax.Array  # shape=(), int32: steps taken, the argument of the schedule.
-  # The params' structure: ||w_0|| (float32 scalar) for layer leaves, 0 for the others.
+  A checkpoint format: it holds only what defines the algorithm, and its structure
+  depends only on the params' structure and the arguments of ``layca``.
+  """
+
+  # shape=(), int32: steps taken, the argument of the schedule. Named `count` as in
+  # optax's states (it shadows tuple.count, as theirs do).
+  count: jax.Array  # type: ignore[assignment]
+  # The params' structure: float32 ||w_0|| for layer leaves (one per rotating vector with
+  # rotation_axes: the leaf's shape without those axes), a float32 0 for the others.
   initial_norms: Any
-  # The params' structure: for each small layer (at most `_groups.MAX_SIZE` elements) an
-  # int32 scalar, its index among the small layers of its shape (`_groups.positions`);
-  # None for the other leaves. Read at run time so that XLA compiles one update kernel
-  # per group of same-shaped layers, not one per layer.
-  slots: Any
 
 
-class _Coefficients(NamedTuple):
-  active: jax.Array  # a non-zero tangent step on a non-zero layer: rotate
-  beta: jax.Array  # rho_l ||w|| / ||p||
-  gamma: jax.Array  # back to the initial sphere
-
-
-def _coefficients(ww, perp_sq, ss, norm0, rho_l) -> _Coefficients:
-  active = (ww > 0) & ~_transforms.tangent_is_zero(perp_sq, ss)
-  norm_w = jnp.sqrt(jnp.where(ww > 0, ww, 1.0))
-  beta = rho_l * norm_w / jnp.sqrt(jnp.where(active, perp_sq, 1.0))
-  # A layer that was zero at init has no sphere: it rotates but keeps its own norm.
-  gamma = jnp.where(norm0 > 0, norm0 / (norm_w * jnp.sqrt(1.0 + rho_l**2)), 1.0)
-  return _Coefficients(active, beta, gamma)
+# -- the per-layer formula -------------------------------------------------------------------
 
 
 class _Sums(NamedTuple):
-  """The three reductions over a layer: float32, one value per rotating vector."""
+  """The three sums of one layer (or a stack of layers): float32, one value per vector."""
 
   ww: jax.Array  # w . w
   sw: jax.Array  # s . w
   ss: jax.Array  # s . s
 
   @property
-  def k(self) -> jax.Array:  # s . w / w . w: p = s - k w
-    return _transforms.safe_ratio(self.sw, self.ww)
+  def k(self) -> jax.Array:
+    """``s . w / w . w``: the projected step is ``p = s - k w``."""
+    return _numerics.safe_ratio(self.sw, self.ww)
 
   @property
-  def nearly_parallel(self) -> jax.Array:  # ||p||^2 from the sums has cancelled
-    return (self.ss - self.k * self.sw) < _CANCELLATION_RATIO * self.ss
+  def perp_sq(self) -> jax.Array:
+    """``||p||^2`` from the sums (cancels when ``s`` is nearly parallel to ``w``)."""
+    return self.ss - self.k * self.sw
 
 
-def _layer_sums(s, w, *, dot) -> _Sums:
-  s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  return _Sums(dot(w32, w32), dot(s32, w32), dot(s32, s32))
+class _Coefficients(NamedTuple):
+  """The update of a layer is ``u = a w + b s``."""
+
+  a: jax.Array
+  b: jax.Array
 
 
-def _update_coefficients(active, beta, to_sphere, sums: _Sums, rho):
-  """(a, b) with u = a w + b s = to_sphere (w - beta p) - w, p = s - k w."""
-  # A zero-norm layer is stepped like a non-layer leaf: -rho(t) s.
-  plain = jnp.where(sums.ww > 0, 0.0, -rho)
-  a = jnp.where(active, to_sphere * (1.0 + beta * sums.k) - 1.0, 0.0)
-  b = jnp.where(active, -to_sphere * beta, plain)
-  return a, b
+class _Layer(NamedTuple):
+  """What the formula needs besides the sums, one value per vector."""
+
+  initial_norm: jax.Array  # ||w_0||; 0 for a layer that was zero at init
+  layer_rate: jax.Array  # rho_l(t) = m_l rho(t)
+  rate: jax.Array  # rho(t), for a zero-norm layer stepped like a non-layer leaf
 
 
-def _step_coefficients(sums: _Sums, norm0, rho_l, rho):
-  """(a, b) of the update u = a w + b s, from the sums alone (the common case)."""
-  c = _coefficients(sums.ww, sums.ss - sums.k * sums.sw, sums.ss, norm0, rho_l)
-  return _update_coefficients(c.active, c.beta, c.gamma, sums, rho)
+class _LayerLeaf(NamedTuple):
+  """One layer leaf before grouping."""
+
+  step: jax.Array  # s
+  weights: jax.Array  # w
+  initial_norm: jax.Array  # ||w_0|| per vector, with size-1 vector axes
+  rate: jax.Array  # rho(t): a scalar, or per vector with size-1 vector axes
+  multiplier_index: np.ndarray  # which alpha multiplier each vector takes (static)
+  vector_axes: tuple[int, ...]
 
 
-def _exact_coefficients(s, w, sums: _Sums, norm0, rho_l, rho, *, dot):
-  """(a, b) for a step nearly parallel to w: ||p|| and ||w - beta p|| measured."""
-  # Here float32 leaves p orthogonal to w only up to eps ||s|| / ||p||, so the norm
-  # identity behind gamma is off too: measure ||w - beta p|| instead.
-  s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  perp = s32 - sums.k * w32
-  c = _coefficients(sums.ww, dot(perp, perp), sums.ss, norm0, rho_l)
-  moved = w32 - c.beta * perp  # = (1 + beta k) w - beta s
-  to_sphere = _transforms.safe_ratio(norm0, jnp.sqrt(dot(moved, moved)))
-  to_sphere = jnp.where(norm0 > 0, to_sphere, 1.0)
-  return _update_coefficients(c.active, c.beta, to_sphere, sums, rho)
+def _tangent_step(sums: _Sums, perp_sq: jax.Array, layer_rate: jax.Array):
+  """Whether the layer rotates, and ``beta = rho_l ||w|| / ||p||`` (steps 1 to 3)."""
+  rotates = (sums.ww > 0) & ~_numerics.tangent_is_zero(perp_sq, sums.ss)
+  norm_w = jnp.sqrt(jnp.where(sums.ww > 0, sums.ww, 1.0))
+  beta = layer_rate * norm_w / jnp.sqrt(jnp.where(rotates, perp_sq, 1.0))
+  return rotates, beta
 
 
-class _Unit(NamedTuple):
-  """One leaf, or one stack of same-shaped small leaves, whose coefficients come together."""
-
-  s: jax.Array
-  w: jax.Array
-  norm0: jax.Array
-  rho_l: jax.Array
-  rho: jax.Array
-
-
-def _exact_unit_coefficients(unit: _Unit, sums: _Sums, fast, *, dot):
-  """(a, b) of one unit whose step is nearly parallel to some of its vectors."""
-  # Exact for every vector of the unit; only the nearly parallel ones need it.
-  a, b = _exact_coefficients(unit.s, unit.w, sums, *unit[2:], dot=dot)
-  flag = sums.nearly_parallel
-  return jnp.where(flag, a, fast[0]), jnp.where(flag, b, fast[1])
+def _update_coefficients(
+    sums: _Sums, layer: _Layer, rotates: jax.Array, beta: jax.Array, gamma: jax.Array
+) -> _Coefficients:
+  """``(a, b)`` with ``a w + b s = gamma (w - beta p) - w`` (step 4 included)."""
+  gamma = jnp.where(layer.initial_norm > 0, gamma, 1.0)  # no sphere: keep the norm
+  plain = jnp.where(sums.ww > 0, 0.0, -layer.rate)  # a zero-norm layer: -rho(t) s
+  a = jnp.where(rotates, gamma * (1.0 + beta * sums.k) - 1.0, 0.0)
+  b = jnp.where(rotates, -gamma * beta, plain)
+  return _Coefficients(a, b)
 
 
-def _units_coefficients(units: list[_Unit], dots: list[Any]) -> list[tuple[Any, Any]]:
-  """(a, b) of every unit, such that each of its leaves' update is ``a w + b s``.
+def _common_coefficients(sums: _Sums, layer: _Layer) -> _Coefficients:
+  """``(a, b)`` from the three sums alone: ``||w - beta p|| = ||w|| sqrt(1 + rho_l^2)``."""
+  rotates, beta = _tangent_step(sums, sums.perp_sq, layer.layer_rate)
+  norm_w = jnp.sqrt(jnp.where(sums.ww > 0, sums.ww, 1.0))
+  gamma = layer.initial_norm / (norm_w * jnp.sqrt(1.0 + layer.layer_rate**2))
+  return _update_coefficients(sums, layer, rotates, beta, gamma)
 
-  The common case needs only the three sums of each unit; the scalar work that turns
-  them into coefficients runs once for the whole tree, on the sums packed in one vector
-  (``_groups.Packer``: a few kernels instead of a dozen per layer). The rare exact path
-  (a step nearly parallel to the weights) measures two more norms, behind a
-  ``lax.cond`` per unit that returns scalars only, all inside one tree-wide cond
-  (``_guard``): the common step runs a single cond. The elementwise pass stays outside
-  the conds, fused with ``apply_updates`` and free to reuse donated buffers (a cond
-  returning whole arrays prevents that).
+
+def _exact_coefficients(
+    s: jax.Array, w: jax.Array, sums: _Sums, layer: _Layer, sum_of_products
+) -> _Coefficients:
+  """``(a, b)`` for a step nearly parallel to ``w``: ``||p||`` and ``||w - beta p||`` measured.
+
+  Float32 leaves ``p`` orthogonal to ``w`` only up to ``eps ||s|| / ||p||`` here, so the
+  norm identity behind ``gamma`` is off too.
   """
-  units = [_Unit(*(jnp.asarray(x) for x in u)) for u in units]
-  sums = [_layer_sums(u.s, u.w, dot=dot) for u, dot in zip(units, dots)]
-  packer = _groups.Packer([jnp.shape(x.ww) for x in sums])
-  packed = _Sums(*(packer.pack([x[f] for x in sums]) for f in range(3)))
-  fast = _step_coefficients(
-      packed, *(packer.pack([u[f] for u in units]) for f in (2, 3, 4))
-  )
-
-  def exact(dot):
-    return lambda operands, fast: _exact_unit_coefficients(*operands, fast, dot=dot)
-
-  a, b = _guard.rarely_exact(
-      any_rare=jnp.any(packed.nearly_parallel),
-      rare=[lambda operands: jnp.any(operands[1].nearly_parallel)] * len(units),
-      exact=[exact(dot) for dot in dots],
-      operands=list(zip(units, sums)),
-      fast=fast,
-      split=lambda ab: list(zip(*(packer.unpack(x) for x in ab))),
-      join=lambda items: tuple(packer.pack(x) for x in zip(*items)),
-  )
-  return list(zip(packer.unpack(a), packer.unpack(b)))
+  perp = s - sums.k * w
+  rotates, beta = _tangent_step(sums, sum_of_products(perp, perp), layer.layer_rate)
+  moved = w - beta * perp
+  gamma = _numerics.safe_ratio(layer.initial_norm, jnp.sqrt(sum_of_products(moved, moved)))
+  return _update_coefficients(sums, layer, rotates, beta, gamma)
 
 
-def _init_slots(flat: _tree.Flat, plan) -> Any:
-  """``LaycaState.slots`` for the params ``flat``."""
-  position = _groups.positions(flat.leaves, [a.axes for a in plan.axes], plan.is_layer)
-  return flat.unflatten([None if p is None else jnp.int32(p[0]) for p in position])
+# -- the layers, grouped ------------------------------------------------------------------------
 
 
-def _slot_leaves(slots: Any) -> list[Any]:
-  """The stored slots, one per params leaf (``None`` where there is none)."""
-  return jax.tree.leaves(_tree.unwrap(slots), is_leaf=lambda x: x is None)
+def _layer_coefficients(
+    leaves: Sequence[_LayerLeaf],
+    multipliers: jax.Array,
+    axis_name: _numerics.AxisName | None,
+) -> list[_Coefficients]:
+  """``(a, b)`` of every layer leaf, such that its update is ``a w + b s``.
 
-
-def _grouped_coefficients(
-    leaves, plan, axis_name, multipliers, slots
-) -> dict[int, tuple[Any, Any]]:
-  """(a, b) of every layer leaf (by index): small leaves of one shape reduced stacked.
-
-  A tree of many small layers (a transformer's per-block kernels) would otherwise give
-  XLA three reductions, a ``lax.cond`` and a dozen scalar kernels per leaf: compile time
-  grows with the number of leaves (~40 s for 500 layers on XLA:CPU). Leaves of at most
-  ``_groups.MAX_SIZE`` elements with the same shape, dtypes and rotation axes are stacked
-  on a new leading axis, so each group needs three reductions and one cond; the copy is
-  cheap for such leaves. Large leaves keep their own reductions (no copy). Each grouped
-  leaf then reads its two coefficients from the group's vectors at the index ``slots``
-  (from the state) holds, when the group is the whole class that index counts in:
-  a runtime index, so its elementwise update compiles to the same kernel as its group's
-  other leaves (with a constant index, one kernel per leaf: the 1,000-leaf benchmark tree
-  compiled in 7.0-7.3 s instead of 3.6-3.8 s, BENCHMARKS.md).
+  Small layers of one shape are stacked and take the sums together
+  (``_stacking.group_leaves``); the rare exact path of each group runs behind one
+  tree-wide cond (``_stacking.values_per_leaf``), which returns each leaf's coefficients.
+  The alpha multipliers are gathered once per group.
   """
-  layers = [i for i, leaf in enumerate(leaves) if leaf[2]]
-  position = _groups.positions(
-      [leaf[1] for leaf in leaves], [a.axes for a in plan.axes], plan.is_layer
+  groups = _stacking.group_leaves(
+      [(leaf.step, leaf.weights) for leaf in leaves], [leaf.vector_axes for leaf in leaves]
   )
-  parts = _groups.partition(
-      [leaves[i][:2] for i in layers], [plan.axes[i].axes for i in layers]
-  )
-  units, dots, members_of = [], [], []  # members_of[j]: leaf index or indices of unit j
-  for part in parts:
-    members = [layers[j] for j in part]
-    if len(members) == 1:
-      (i,) = members
-      s, w, _, norm0, rho, rho_l, dot = leaves[i]
-      units.append(_Unit(s, w, norm0, rho_l, rho))
-      dots.append(dot)
-      members_of.append(i)
-      continue
-    leaf_axes = plan.axes[members[0]]
-    shape = jnp.shape(leaves[members[0]][1])
-    kept = tuple(1 if d in leaf_axes.axes else n for d, n in enumerate(shape))
+  common, rare, exact = [], [], []
+  for group in groups:
+    s, w = (as_f32(x) for x in group.arrays)
+    sums = _Sums(
+        group.sum(w, w, axis_name), group.sum(s, w, axis_name), group.sum(s, s, axis_name)
+    )
+    members = [leaves[i] for i in group.members]
+    rate = group.stack([leaf.rate for leaf in members])
+    layer = _Layer(
+        initial_norm=group.stack([leaf.initial_norm for leaf in members]),
+        layer_rate=multipliers[group.stack([leaf.multiplier_index for leaf in members])] * rate,
+        rate=rate,
+    )
+    common.append(_common_coefficients(sums, layer))
+    rare.append(_numerics.nearly_parallel(sums.perp_sq, sums.ss))
+    exact.append(
+        lambda s=s, w=w, sums=sums, layer=layer, group=group: _exact_coefficients(
+            s, w, sums, layer, functools.partial(group.sum, axis_name=axis_name)
+        )
+    )
+  return _stacking.values_per_leaf(groups, common, rare, exact)
 
-    def depth_index(i):  # the index of each vector's alpha multiplier, shaped `kept`
-      ax = plan.axes[i]
-      if not ax.stack_axes:
-        return np.full(kept, plan.depth[i])
-      slices = plan.depth[i] + np.arange(ax.num_slices).reshape(ax.rate_shape)
-      return np.broadcast_to(slices, kept)
 
-    def stack(field):
-      return jnp.stack([
-          jnp.broadcast_to(jnp.asarray(leaves[i][field], jnp.float32), kept)
-          for i in members
-      ])
-
-    def stack_f32(field):
-      return _groups.stack_f32([leaves[i][field] for i in members])
-
-    units.append(_Unit(
-        stack_f32(0), stack_f32(1), stack(3),
-        multipliers()[np.stack([depth_index(i) for i in members])] * stack(4),
-        stack(4),
-    ))
-    dots.append(_tree.reducer(axis_name, tuple(a + 1 for a in leaf_axes.axes)))
-    members_of.append(members)
-  out = {}
-  for members, (a, b) in zip(members_of, _units_coefficients(units, dots)):
-    if isinstance(members, int):
-      out[members] = (a, b)
-    else:
-      indexed = _groups.indexes_group(members, position)
-      for j, i in enumerate(members):
-        if indexed:
-          out[i] = tuple(
-              jax.lax.dynamic_index_in_dim(x, slots[i], keepdims=False) for x in (a, b)
-          )
-        else:
-          out[i] = (a[j], b[j])
-  return out
+# -- the transform ------------------------------------------------------------------------------
 
 
 def _rotate_layers(
@@ -272,58 +202,52 @@ def _rotate_layers(
     alpha: Any,
     depth_exponent: Any,
     layer_order: Sequence[str] | None,
-    mask: _layers.MaskOrFn,
-    axis_name: _tree.AxisName | None,
-    rotation_axes: _axes.AxesOrFn,
+    mask: _plan.MaskOrFn,
+    axis_name: _numerics.AxisName | None,
+    rotation_axes: _plan.AxesOrFn,
 ) -> optax.GradientTransformation:
   """Operations 1 to 4 of Layca, fused per layer (see the module docstring)."""
-  owner = "layca"
+  caller = "layca"
+
+  def make_plan(params):
+    return _plan.make_plan(
+        params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
+        caller=caller,
+    )
 
   def init_fn(params):
-    params = _tree.unwrap(params)
-    plan = _layers.plan_layers(
-        _tree.flatten(params), params, mask, layer_order, owner, rotation_axes
-    )
-    flat = _tree.flatten(params)
     return LaycaState(
         count=jnp.zeros([], jnp.int32),
-        initial_norms=_transforms.initial_norms(params, plan, owner, axis_name),
-        slots=_init_slots(flat, plan),
+        initial_norms=_transforms.initial_norms(params, make_plan(params), caller, axis_name),
     )
 
   def update_fn(updates, state, params=None):
-    _tree.check_params(params, owner)
+    _tree.check_params(params, caller)
     flat_s, flat_w = _tree.flatten(updates), _tree.flatten(params)
-    _tree.check_same_structure(flat_s, flat_w, owner)
-    plan = _layers.plan_layers(
-        flat_w, params, mask, layer_order, owner, rotation_axes
-    )
-    rhos = _rates.leaf_rates(
-        learning_rate, state.count, flat_w, params, plan.axes, owner
-    )
-    rates = _transforms.layer_rates(rhos, plan, alpha, depth_exponent)
-    norms0 = _transforms.broadcast_norms(state.initial_norms, plan)
-
-    leaves = list(zip(
-        flat_s.leaves, flat_w.leaves, plan.is_layer, norms0, rhos, rates,
-        _transforms.reducers(plan, axis_name),
-    ))
-    coefficients = _grouped_coefficients(
-        leaves, plan, axis_name,
-        lambda: _layers.traced_multipliers(plan.num_layers, alpha, depth_exponent),
-        _slot_leaves(state.slots),
-    )
+    _tree.check_same_structure(flat_s, flat_w, caller)
+    plan = make_plan(params)
+    rates = _rates.leaf_rates(learning_rate, state.count, params, plan, caller)
+    norms0 = _tree.flatten(state.initial_norms).leaves
+    layers = [i for i, leaf in enumerate(plan.leaves) if leaf.is_layer]
+    coefficients = dict(zip(layers, _layer_coefficients(
+        [
+            _LayerLeaf(
+                flat_s.leaves[i], flat_w.leaves[i], plan.leaves[i].expand(norms0[i]),
+                rates[i], plan.leaves[i].multiplier_index(), plan.leaves[i].vector_axes,
+            )
+            for i in layers
+        ],
+        _plan.traced_multipliers(max(plan.num_layers, 1), alpha, depth_exponent),
+        axis_name,
+    )))
     out = []
-    for i, (s, w, layer, _, rho, _, _) in enumerate(leaves):
-      if not layer:  # -rho(t) s
-        out.append((-rho * _tree.as_f32(s)).astype(jnp.result_type(s)))
-        continue
-      a, b = coefficients[i]
-      out.append(
-          (a * _tree.as_f32(w) + b * _tree.as_f32(s)).astype(jnp.result_type(w))
-      )
-    new_state = state._replace(count=optax.safe_increment(state.count))
-    return flat_s.unflatten(out), new_state
+    for i, (s, w, rho) in enumerate(zip(flat_s.leaves, flat_w.leaves, rates)):
+      if i in coefficients:
+        a, b = coefficients[i]
+        out.append((a * as_f32(w) + b * as_f32(s)).astype(jnp.result_type(w)))
+      else:  # not a layer: -rho(t) s
+        out.append((-rho * as_f32(s)).astype(jnp.result_type(s)))
+    return flat_s.unflatten(out), state._replace(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -335,9 +259,9 @@ def layca(
     alpha: float = 0.0,
     depth_exponent: float = 5.0,
     layer_order: Sequence[str] | None = None,
-    mask: _layers.MaskOrFn = None,
-    axis_name: _tree.AxisName | None = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    axis_name: _numerics.AxisName | None = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Layca: every layer rotates by exactly :math:`\arctan \rho_l(t)` per step.
 
@@ -354,10 +278,11 @@ def layca(
     w' &\leftarrow w'\, \|w_0\| / \|w'\| && \text{4: back to the initial sphere}
 
   so the angle between :math:`w` and :math:`w'` is :math:`\arctan \rho_l(t)` and
-  :math:`\|w'\| = \|w_0\|`. :math:`\rho_l(t) = m_l(\alpha) \rho(t)` with the multipliers of
+  :math:`\|w'\| = \|w_0\|`, the norm stored at ``init`` (never recomputed from the current
+  params). :math:`\rho_l(t) = m_l(\alpha) \rho(t)` with the multipliers of
   ``alpha_multipliers``. Leaves that are not layers (biases, norm scales) get
   :math:`-\rho(t)\, s`; to freeze them instead, as the authors did, wrap the optimizer in
-  ``optax.partition`` (see the README).
+  ``optax.partition``.
 
   The result equals, within float32 rounding,
   ``optax.chain(base, project_orthogonal(), normalize_rotation(),
@@ -368,6 +293,12 @@ def layca(
   :math:`w`, the zero updates of ``optax.MultiSteps``) leaves the params bit-identical; a
   layer with zero-norm weights is stepped like a non-layer leaf (``init`` warns, naming it).
   All reductions are in float32; updates come back in the params' dtype.
+
+  **State** (a checkpoint format): ``(base_state, LaycaState(count, initial_norms))``,
+  where ``count`` is an int32 scalar and ``initial_norms`` has the params' structure: a
+  float32 :math:`\|w_0\|` per layer leaf (an array of one norm per vector with
+  ``rotation_axes``, shaped like the leaf without those axes) and a float32 0 per other
+  leaf. Nothing else: internal choices never change it.
 
   Args:
     learning_rate: :math:`\rho(t) = \tan(\text{angle per step})`: a float or an optax
@@ -387,7 +318,7 @@ def layca(
       order of the paths, which is not always the forward order: pass
       ``forward_order(apply_fn, params, x)``.
     mask: which leaves are layers: ``None`` (leaves with ``ndim >= 2``), a pytree of bools
-      (a prefix of the params), or a callable ``params -> pytree of bools``.
+      (a prefix of the params) or a callable ``params -> pytree of bools``.
     axis_name: only inside ``shard_map`` (or ``pmap``) when each device holds a slice of
       a leaf: the mesh axis (or axes) over which per-layer reductions are summed, so that
       the result equals the global one. ``jax.jit`` over sharded arrays needs nothing.
@@ -399,12 +330,10 @@ def layca(
       ``(blocks, d_in, d_out)`` with axes ``(1, 2)``: each block is a layer with its own
       depth for alpha, in index order at the leaf's place in ``layer_order``); kept axes
       after it index units of one layer (``output_unit_axes``: per-neuron Layca, Flax
-      layout, sharing the layer's multiplier). The state then holds one initial norm per
-      vector.
+      layout, sharing the layer's multiplier).
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` whose state is
-    ``(base_state, LaycaState)`` and whose ``update`` needs ``params``.
+    An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, optax
@@ -426,7 +355,7 @@ def layca(
     generalization in deep networks? <https://arxiv.org/abs/1806.01603>`_, 2019.
   """
   _rates.check_learning_rate(learning_rate, "layca")
-  _layers.check_alpha(alpha, "layca")
+  _plan.check_alpha(alpha, "layca")
   if base is None:
     base = optax.identity()
   elif not isinstance(base, optax.GradientTransformation):

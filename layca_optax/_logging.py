@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from layca_optax import _tree
+from layca_optax import _plan, _tree
 
 __all__ = ["rotation_scalars"]
 
@@ -63,10 +63,7 @@ def rotation_scalars(values: Any, *, prefix: str | None = "layer_rotation") -> d
             "an array. Pass per-leaf values such as cosine_distance(params, init_params) "
             "or a LayerRotationCurves."
         )
-      if array.ndim == 0:
-        flat[path] = float(array)
-      else:
-        for index in np.ndindex(*array.shape):
-          flat[f"{path}[{','.join(map(str, index))}]"] = float(array[index])
+      names = _plan.vector_names(path, array.shape)
+      flat.update(zip(names, array.astype(np.float64).ravel().tolist()))
   head = f"{prefix}/" if prefix else ""
   return {f"{head}{name}": value for name, value in flat.items()}

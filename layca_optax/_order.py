@@ -20,6 +20,7 @@ import jax
 
 from layca_optax import _tree
 
+_Literal: Any
 try:  # The public home of jaxpr types since JAX 0.4.2x; duck typing covers the rest.
   from jax.extend.core import Literal as _Literal
 except ImportError:  # pragma: no cover
@@ -89,8 +90,9 @@ def forward_order(
   Args:
     fn: the forward function, called as ``fn(params, *args, **kwargs)``; or a Flax NNX
       ``Module``, then ``params`` is (part of) its state, which replaces the module's
-      own in a copy that is called as ``copy(*args, **kwargs)`` (``model`` itself is
-      not modified: BatchNorm statistics and RNG counts stay as they were).
+      own in a copy that is called as ``copy(*args, **kwargs)`` in evaluation mode
+      (Dropout off, BatchNorm on its running statistics; ``model`` itself is not
+      modified). For Linen pass the evaluation call, e.g. ``train=False``.
     params: the parameter pytree whose paths are returned, e.g. Linen's
       ``variables['params']`` or ``nnx.state(model, nnx.Param)``. Its leaves may be
       ``jax.ShapeDtypeStruct``s (from ``jax.eval_shape(model.init, ...)``).
@@ -198,10 +200,30 @@ def _nnx_traceable(
   def run(leaves):
     module = nnx.merge(graphdef, state)
     nnx.update(module, flat.unflatten(leaves))
-    module(*args, **kwargs)
+    try:
+      _evaluation_mode(nnx, module)(*args, **kwargs)
+    except Exception as e:  # re-raised with what forward_order did and how to fix it
+      raise type(e)(
+          f"forward_order: tracing {type(model).__name__}(*args) failed: {e}\nforward_order "
+          "runs the model in evaluation mode (Dropout off, BatchNorm on its running "
+          "statistics: nnx.view(model, deterministic=True, use_running_average=True)). If "
+          "it needs more to run deterministically, pass it as an argument, e.g. "
+          "forward_order(model, params, x, train=False), or order a function instead: "
+          "forward_order(lambda p, x: ..., params, x)."
+      ) from e
     return ()
 
   return run
+
+
+def _evaluation_mode(nnx: Any, module: Any) -> Any:
+  """The module with Dropout off and BatchNorm on its running statistics: a forward pass
+  that draws no random numbers and updates no statistics, so it can be traced."""
+  view = getattr(nnx, "view", None)
+  if view is not None:  # Flax >= 0.12
+    return view(module, raise_if_not_found=False, deterministic=True, use_running_average=True)
+  module.eval()  # pragma: no cover (older Flax)
+  return module
 
 
 def _sort_by_first_use(paths: Sequence[str], first_use: dict[int, int]) -> list[str]:
@@ -281,8 +303,10 @@ def _alias_outputs(
     return
   for k, var in enumerate(outvars):
     leaves = {passed[k] for passed in outputs}
-    if len(leaves) == 1 and None not in leaves:
-      env[var] = leaves.pop()
+    if len(leaves) == 1:
+      (leaf,) = leaves
+      if leaf is not None:
+        env[var] = leaf
 
 
 def _sub_jaxprs(eqn: Any) -> list[tuple[Any, list[Any], bool]]:

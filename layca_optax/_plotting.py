@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from layca_optax import _tree
+from layca_optax import _plan, _tree
 from layca_optax._order import natural_key
 
 __all__ = ["plot_layer_rotation_curves", "plot_rotation_rates"]
@@ -25,7 +25,7 @@ CMAP = "viridis"
 FIGURE_SIZE = (5.0, 3.6)  # inches
 
 
-def _matplotlib(owner: str) -> Any:
+def _matplotlib(caller: str) -> Any:
   try:
     mpl = importlib.import_module("matplotlib")
     for name in ("matplotlib.cm", "matplotlib.colors", "matplotlib.figure"):
@@ -33,7 +33,7 @@ def _matplotlib(owner: str) -> Any:
     return mpl
   except ImportError as e:
     raise ImportError(
-        f"{owner} needs matplotlib, an optional dependency of layca_optax. Install it "
+        f"{caller} needs matplotlib, an optional dependency of layca_optax. Install it "
         'with `pip install "layca_optax[plot]"` (or `pip install matplotlib`).'
     ) from e
 
@@ -117,12 +117,12 @@ def plot_layer_rotation_curves(
     >>> len(ax.lines), ax.get_xlabel(), ax.get_ylabel()
     (2, 'Epoch', 'Cosine distance')
   """
-  owner = "plot_layer_rotation_curves"
-  mpl = _matplotlib(owner)
+  caller = "plot_layer_rotation_curves"
+  mpl = _matplotlib(caller)
   values = getattr(curves, "values", None)
   if not isinstance(values, Mapping) or not hasattr(curves, "steps"):
     raise TypeError(
-        f"{owner}: expected a LayerRotationCurves, got {type(curves).__name__}. For "
+        f"{caller}: expected a LayerRotationCurves, got {type(curves).__name__}. For "
         "plain lists, build one with LayerRotationCurves.from_values(steps, "
         "{path: values})."
     )
@@ -131,7 +131,7 @@ def plot_layer_rotation_curves(
   for name, column in zip(values, columns):
     if column.shape != steps.shape:
       raise ValueError(
-          f"{owner}: curve {name!r} has {column.size} values for {steps.size} steps."
+          f"{caller}: curve {name!r} has {column.size} values for {steps.size} steps."
       )
   x, xlabel = _x_axis(steps, steps_per_epoch)
   if ax is None:
@@ -147,13 +147,13 @@ def plot_layer_rotation_curves(
 
 
 def _rate_columns(
-    rates: Any, layer_order: Sequence[str] | None, owner: str
+    rates: Any, layer_order: Sequence[str] | None, caller: str
 ) -> tuple[list[np.ndarray], list[str]]:
   """Per-vector time series and names, in depth order, from a pytree or a flat dict."""
   flat = _tree.flatten(rates)  # None leaves (non-layers) are dropped here
   if not flat.leaves:
     raise ValueError(
-        f"{owner}: `rates` has no leaves. Stack successive rotation_rates(opt_state) "
+        f"{caller}: `rates` has no leaves. Stack successive rotation_rates(opt_state) "
         "outputs, e.g. jax.tree.map(lambda *xs: jnp.stack(xs), *records)."
     )
   leaves = [np.asarray(x, dtype=np.float64) for x in jax.device_get(list(flat.leaves))]
@@ -162,32 +162,32 @@ def _rate_columns(
     order = sorted(by_path, key=natural_key)
   else:
     if isinstance(layer_order, str):
-      raise TypeError(f"{owner}: `layer_order` must be a list of paths, got a string.")
+      raise TypeError(f"{caller}: `layer_order` must be a list of paths, got a string.")
     order = [p for p in layer_order if p in by_path]
     missing = [p for p in by_path if p not in set(order)]
     if missing:
       raise ValueError(
-          f"{owner}: `layer_order` does not list {missing}; give every path of `rates` "
+          f"{caller}: `layer_order` does not list {missing}; give every path of `rates` "
           "(e.g. layca_optax.forward_order(apply_fn, params, x)) or None for natural "
           "order."
       )
-  columns, names = [], []
+  columns: list[np.ndarray] = []
+  names: list[str] = []
   for path in order:
     series = by_path[path]
     if series.ndim == 0:
       raise ValueError(
-          f"{owner}: {path!r} holds a single value, not a series over steps. Stack the "
+          f"{caller}: {path!r} holds a single value, not a series over steps. Stack the "
           "per-step rotation_rates(opt_state) outputs along a first axis, e.g. "
           "jax.tree.map(lambda *xs: jnp.stack(xs), *records)."
       )
     kept = series.shape[1:]
     flat_series = series.reshape(series.shape[0], -1)
-    for k, index in enumerate(np.ndindex(*kept)):
-      columns.append(flat_series[:, k])
-      names.append(f"{path}[{','.join(map(str, index))}]" if kept else path)
+    columns.extend(flat_series.T)
+    names.extend(_plan.vector_names(path, kept))
   lengths = {c.shape[0] for c in columns}
   if len(lengths) > 1:
-    raise ValueError(f"{owner}: the series have different lengths {sorted(lengths)}.")
+    raise ValueError(f"{caller}: the series have different lengths {sorted(lengths)}.")
   return columns, names
 
 
@@ -237,13 +237,13 @@ def plot_rotation_rates(
     >>> [line.get_label() for line in ax.lines], ax.get_ylabel()
     (['stem/kernel', 'head/kernel'], 'Rotation per step (degrees)')
   """
-  owner = "plot_rotation_rates"
-  mpl = _matplotlib(owner)
-  columns, names = _rate_columns(rates, layer_order, owner)
+  caller = "plot_rotation_rates"
+  mpl = _matplotlib(caller)
+  columns, names = _rate_columns(rates, layer_order, caller)
   length = columns[0].shape[0]
   x = np.arange(length, dtype=np.float64) if steps is None else np.asarray(steps, float)
   if x.shape != (length,):
-    raise ValueError(f"{owner}: {x.size} steps given for series of length {length}.")
+    raise ValueError(f"{caller}: {x.size} steps given for series of length {length}.")
   x, xlabel = _x_axis(x, steps_per_epoch)
   if degrees:
     columns = [np.degrees(c) for c in columns]

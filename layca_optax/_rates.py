@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from layca_optax import _axes, _layers, _tree
+from layca_optax import _plan, _tree
 
 __all__ = ["PerLeafRates", "replay_rates"]
 
@@ -60,16 +59,16 @@ class PerLeafRates:
   default: optax.ScalarOrSchedule = 0.0
 
   def __post_init__(self):
-    for value in jax.tree.leaves(self.rates, is_leaf=_is_rate) + [self.default]:
+    for value in [*jax.tree.leaves(self.rates, is_leaf=_is_rate), self.default]:
       if value is not None and not callable(value):
         _check_concrete_rates(np.asarray(value), "PerLeafRates")
 
-  def per_leaf(self, params: Any, owner: str) -> list[Any]:
+  def per_leaf(self, params: Any, caller: str) -> list[Any]:
     """Each leaf's rate or schedule (``default`` where ``None``), flattening order."""
     full = _tree.broadcast_prefix(self.rates, params, is_leaf=_is_rate)
     if full is None:
       raise ValueError(
-          f"{owner}: PerLeafRates.rates must have the structure of the params (or a "
+          f"{caller}: PerLeafRates.rates must have the structure of the params (or a "
           "prefix of it) with a float, schedule or None per leaf. Its structure does not "
           f"fit the params:\n  rates:  {jax.tree.structure(self.rates, is_leaf=_is_rate)}"
           f"\n  params: {jax.tree.structure(_tree.unwrap(params))}\nFor example "
@@ -78,36 +77,36 @@ class PerLeafRates:
     return [self.default if rate is None else rate for rate in full]
 
 
-def _check_concrete_rates(values: np.ndarray, owner: str) -> None:
+def _check_concrete_rates(values: np.ndarray, caller: str) -> None:
   if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
     raise TypeError(
-        f"{owner}: a learning rate must be a real number or a schedule, got an array of "
+        f"{caller}: a learning rate must be a real number or a schedule, got an array of "
         f"dtype {values.dtype}. For example 0.1 or optax.constant_schedule(0.1)."
     )
   bad = ~(np.isfinite(values) & (values >= 0))
   if bad.any():
     raise ValueError(
-        f"{owner}: learning rates must be finite numbers >= 0 (tan of the angle per "
+        f"{caller}: learning rates must be finite numbers >= 0 (tan of the angle per "
         f"step), got {values[bad].ravel()[:3].tolist()}. For example 3**-3."
     )
 
 
-def check_learning_rate(learning_rate: Any, owner: str) -> None:
+def check_learning_rate(learning_rate: Any, caller: str) -> None:
   """Raises for a concrete negative or non-finite learning rate, or a wrong type."""
   if callable(learning_rate) or isinstance(learning_rate, PerLeafRates):
     return  # a PerLeafRates checked its constant rates when it was built
-  value = _layers.concrete_float(learning_rate)
+  value = _plan.concrete_float(learning_rate)
   if value is None:
     if isinstance(learning_rate, jax.core.Tracer):
       return  # injected (optax.inject_hyperparams) under jit: checked when concrete
     raise TypeError(
-        f"{owner}: learning_rate must be a float or an optax schedule (a callable "
-        f"step -> rate) or a layca_optax.PerLeafRates, got {learning_rate!r}. For example learning_rate=3**-3 or "
-        "optax.piecewise_constant_schedule(3**-3, {8000: 0.2})."
+        f"{caller}: learning_rate must be a float or an optax schedule (a callable "
+        f"step -> rate) or a layca_optax.PerLeafRates, got {learning_rate!r}. For example "
+        "learning_rate=3**-3 or optax.piecewise_constant_schedule(3**-3, {8000: 0.2})."
     )
   if not value >= 0 or value == float("inf"):
     raise ValueError(
-        f"{owner}: learning_rate must be a finite number >= 0, got {value}. Layca's "
+        f"{caller}: learning_rate must be a finite number >= 0, got {value}. Layca's "
         "rate rho is tan(angle per step) and the step always descends; for example "
         "learning_rate=3**-3 rotates each layer by arctan(1/27) = 2.1 degrees per step."
     )
@@ -120,7 +119,7 @@ def rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Arra
   rate = learning_rate(count)
   # Outside jit the schedule's value is known: check it as the constructor checks a
   # constant (a negative rate would rotate uphill). Under jit it is traced: no check.
-  value = _layers.concrete_float(rate) if jnp.ndim(rate) == 0 else None
+  value = _plan.concrete_float(rate) if jnp.ndim(rate) == 0 else None
   if value is not None and not 0.0 <= value < float("inf"):
     raise ValueError(
         f"The learning-rate schedule returned {value} at step {int(count)}; Layca needs "
@@ -131,30 +130,26 @@ def rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Arra
 
 
 def leaf_rates(
-    learning_rate: Any, count: jax.Array, flat: _tree.Flat, params: Any,
-    axes: Sequence[_axes.LeafAxes], owner: str,
+    learning_rate: Any, count: jax.Array, params: Any, plan: _plan.Plan, caller: str
 ) -> list[jax.Array]:
   """rho(t) of every leaf (float32): the global rate, or each leaf's own.
 
   A leaf's rate is a scalar, or for a leaf with rotation axes an array with one value per
-  rotating vector, returned with size-1 rotation axes so that it broadcasts on the leaf.
+  rotating vector, returned with size-1 vector axes so that it broadcasts on the leaf.
   """
   if not isinstance(learning_rate, PerLeafRates):
-    return [rate_at(learning_rate, count)] * len(flat.leaves)
+    return [rate_at(learning_rate, count)] * len(plan.leaves)
   out = []
-  for rate, leaf, path, ax in zip(
-      learning_rate.per_leaf(params, owner), flat.leaves, flat.paths, axes
-  ):
+  for rate, leaf in zip(learning_rate.per_leaf(params, caller), plan.leaves):
     rho = rate_at(rate, count)
     if rho.ndim:
-      kept = tuple(d for i, d in enumerate(np.shape(leaf)) if i not in ax.axes)
-      if rho.shape != kept:
+      if rho.shape != leaf.vector_count_shape:
         raise ValueError(
-            f"{owner}: the rate of {path!r} has shape {rho.shape}; a rate is a scalar, or "
-            f"one value per rotating vector of the leaf: shape {kept} for its shape "
-            f"{np.shape(leaf)} and rotation axes {ax.axes}."
+            f"{caller}: the rate of {leaf.path!r} has shape {rho.shape}; a rate is a "
+            "scalar, or one value per rotating vector of the leaf: shape "
+            f"{leaf.vector_count_shape} for its rotation axes {leaf.vector_axes}."
         )
-      rho = jnp.expand_dims(rho, ax.axes)
+      rho = leaf.expand(rho)
     out.append(rho)
   return out
 

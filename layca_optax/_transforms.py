@@ -25,6 +25,7 @@ Rules shared with ``layca``:
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -34,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from layca_optax import _axes, _layers, _rates, _tree
+from layca_optax import _numerics, _plan, _rates, _tree
+from layca_optax._numerics import TINY, as_f32, safe_ratio, tangent_is_zero
 
 __all__ = [
-    "PARALLEL_RTOL",
     "ProjectToSphereState",
     "ScaleByLayerRatesState",
     "normalize_rotation",
@@ -46,92 +47,70 @@ __all__ = [
     "scale_by_layer_rates",
 ]
 
-#: A step whose component orthogonal to :math:`w` is at most this fraction of its norm
-#: (an angle below 1e-5 rad between step and weights) is numerically parallel to
-#: :math:`w`: float32 rounding alone leaves up to about 3e-7 of it after the projection,
-#: and normalising that residue would rotate the layer in a random direction.
-PARALLEL_RTOL = 1e-5
-
-#: Squared norms at or below the smallest normal float32 count as zero: their square
-#: roots and ratios would be denormal or infinite.
-TINY = float(jnp.finfo(jnp.float32).tiny)
-
-
-# -- per-leaf numerics shared by the transforms and the fused optimizer -----------------
-
-
-def tangent_is_zero(perp_sq: jax.Array, step_sq: jax.Array) -> jax.Array:
-  """Is a projected step (squared norm ``perp_sq``, from ``step_sq``) numerically zero?"""
-  return (perp_sq <= PARALLEL_RTOL**2 * step_sq) | (perp_sq <= TINY)
-
-
-def safe_ratio(num: jax.Array, den: jax.Array) -> jax.Array:
-  """``num / den`` where ``den != 0``, else 0 (no NaN in either branch's gradient)."""
-  nonzero = den != 0
-  return jnp.where(nonzero, num / jnp.where(nonzero, den, 1.0), 0.0)
-
-
-
-
 class _Leaves(NamedTuple):
-  """Updates and params of one call, flattened once, and which leaves are layers."""
+  """Updates and params of one call, flattened once, and the params' layer plan."""
 
   updates: _tree.Flat
   params: _tree.Flat
-  plan: _layers.LayerPlan
+  plan: _plan.Plan
 
 
 def _prepare(
     updates: Any,
     params: Any,
-    mask: _layers.MaskOrFn,
-    owner: str,
+    caller: str,
+    *,
+    mask: _plan.MaskOrFn,
+    rotation_axes: _plan.AxesOrFn,
     layer_order: Sequence[str] | None = None,
-    rotation_axes: _axes.AxesOrFn = None,
 ) -> _Leaves:
-  _tree.check_params(params, owner)
+  _tree.check_params(params, caller)
   flat_u, flat_p = _tree.flatten(updates), _tree.flatten(params)
-  _tree.check_same_structure(flat_u, flat_p, owner)
-  plan = _layers.plan_layers(flat_p, params, mask, layer_order, owner, rotation_axes)
+  _tree.check_same_structure(flat_u, flat_p, caller)
+  plan = _plan.make_plan(
+      params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
+      caller=caller,
+  )
   return _Leaves(flat_u, flat_p, plan)
-
-
-def reducers(plan: _layers.LayerPlan, axis_name: _tree.AxisName | None) -> list[Any]:
-  """Each leaf's reduction: over its rotation axes (one value per vector), and the mesh."""
-  return [_tree.reducer(axis_name, a.axes) for a in plan.axes]
 
 
 def _map_layers(
     leaves: _Leaves, fn: Callable[..., jax.Array], axis_name, *per_leaf: Sequence[Any]
 ) -> Any:
-  """Applies ``fn(update, param, *extras, dot=...)`` to layer leaves; others pass."""
-  out = [
-      fn(u, p, *extra, dot=dot) if layer else u
-      for u, p, layer, dot, *extra in zip(
-          leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer,
-          reducers(leaves.plan, axis_name), *per_leaf,
-      )
-  ]
+  """Applies ``fn(update, param, *extras, sum_of_products=...)`` to layer leaves (the
+  sums per rotating vector); other leaves pass unchanged."""
+  out = []
+  for u, p, leaf, *extra in zip(
+      leaves.updates.leaves, leaves.params.leaves, leaves.plan.leaves, *per_leaf
+  ):
+    if not leaf.is_layer:
+      out.append(u)
+      continue
+    sums = functools.partial(
+        _numerics.sum_of_products, axes=leaf.vector_axes, axis_name=axis_name
+    )
+    out.append(fn(u, p, *extra, sum_of_products=sums))
   return leaves.updates.unflatten(out)
 
 
 # -- 1. orthogonal projection ------------------------------------------------------------
 
 
-def _project_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
-  s32, w32 = _tree.as_f32(s), _tree.as_f32(w)
-  ww = dot(w32, w32)
-  perp = s32 - safe_ratio(dot(s32, w32), ww) * w32
-  perp = jnp.where(tangent_is_zero(dot(perp, perp), dot(s32, s32)), 0.0, perp)
+def _project_leaf(s: jax.Array, w: jax.Array, *, sum_of_products) -> jax.Array:
+  s32, w32 = as_f32(s), as_f32(w)
+  ww = sum_of_products(w32, w32)
+  perp = s32 - safe_ratio(sum_of_products(s32, w32), ww) * w32
+  vanishes = tangent_is_zero(sum_of_products(perp, perp), sum_of_products(s32, s32))
+  perp = jnp.where(vanishes, 0.0, perp)
   # A zero-norm layer has no tangent space: its step passes unchanged.
   return jnp.where(ww > 0, perp, s32).astype(s.dtype)
 
 
 def project_orthogonal(
     *,
-    mask: _layers.MaskOrFn = None,
-    axis_name: _tree.AxisName | None = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    axis_name: _numerics.AxisName | None = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 1 of Layca: removes the component of each layer's step along its weights.
 
@@ -168,7 +147,9 @@ def project_orthogonal(
   """
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, "project_orthogonal", None, rotation_axes)
+    leaves = _prepare(
+        updates, params, "project_orthogonal", mask=mask, rotation_axes=rotation_axes
+    )
     return _map_layers(leaves, _project_leaf, axis_name), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
@@ -177,9 +158,9 @@ def project_orthogonal(
 # -- 2. rotation-based normalisation -----------------------------------------------------
 
 
-def _normalize_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
-  s32 = _tree.as_f32(s)
-  ww, ss = dot(w, w), dot(s32, s32)
+def _normalize_leaf(s: jax.Array, w: jax.Array, *, sum_of_products) -> jax.Array:
+  s32 = as_f32(s)
+  ww, ss = sum_of_products(w, w), sum_of_products(s32, s32)
   scale = jnp.sqrt(ww) / jnp.sqrt(jnp.where(ss > TINY, ss, 1.0))
   scaled = jnp.where(ss > TINY, scale * s32, 0.0)
   return jnp.where(ww > 0, scaled, s32).astype(s.dtype)
@@ -187,9 +168,9 @@ def _normalize_leaf(s: jax.Array, w: jax.Array, *, dot) -> jax.Array:
 
 def normalize_rotation(
     *,
-    mask: _layers.MaskOrFn = None,
-    axis_name: _tree.AxisName | None = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    axis_name: _numerics.AxisName | None = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 2 of Layca: rescales each layer's step to the norm of its weights.
 
@@ -219,7 +200,9 @@ def normalize_rotation(
   """
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, "normalize_rotation", None, rotation_axes)
+    leaves = _prepare(
+        updates, params, "normalize_rotation", mask=mask, rotation_axes=rotation_axes
+    )
     return _map_layers(leaves, _normalize_leaf, axis_name), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
@@ -231,27 +214,9 @@ def normalize_rotation(
 class ScaleByLayerRatesState(NamedTuple):
   """State of ``scale_by_layer_rates``."""
 
-  count: jax.Array  # shape=(), int32: steps taken, the argument of the schedule.
-
-
-def layer_rates(
-    rates: Sequence[jax.Array], plan: _layers.LayerPlan, alpha: Any, depth_exponent: Any
-) -> list[jax.Array]:
-  """rho_l(t) of every leaf: its rho(t) (``rates``) times the alpha multiplier for layers."""
-  if plan.num_layers == 0:
-    return list(rates)
-  multipliers = _layers.traced_multipliers(plan.num_layers, alpha, depth_exponent)
-
-  def leaf_rate(rate, start, axes):
-    if start is None:
-      return rate
-    if not axes.stack_axes:
-      return multipliers[start] * rate
-    # A stacked leaf: one layer per slice, consecutive in depth, shaped to broadcast.
-    block = multipliers[start:start + axes.num_slices]
-    return block.reshape(axes.rate_shape) * rate
-
-  return [leaf_rate(*leaf) for leaf in zip(rates, plan.depth, plan.axes)]
+  # shape=(), int32: steps taken, the argument of the schedule. Named `count` as in
+  # optax's states (it shadows tuple.count, as theirs do).
+  count: jax.Array  # type: ignore[assignment]
 
 
 def scale_by_layer_rates(
@@ -260,9 +225,9 @@ def scale_by_layer_rates(
     alpha: float = 0.0,
     depth_exponent: float = 5.0,
     layer_order: Sequence[str] | None = None,
-    mask: _layers.MaskOrFn = None,
-    axis_name: _tree.AxisName | None = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    axis_name: _numerics.AxisName | None = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 3 of Layca: multiplies each layer's step by :math:`-\rho_l(t)`.
 
@@ -299,31 +264,32 @@ def scale_by_layer_rates(
     [-0.1, -0.05]
   """
   _rates.check_learning_rate(learning_rate, "scale_by_layer_rates")
-  _layers.check_alpha(alpha, "scale_by_layer_rates")
-  owner = "scale_by_layer_rates"
+  _plan.check_alpha(alpha, "scale_by_layer_rates")
+  caller = "scale_by_layer_rates"
 
   def init_fn(params):
     # Validates the mask and the layer order as soon as the params are known.
-    params = _tree.unwrap(params)
-    _layers.plan_layers(
-        _tree.flatten(params), params, mask, layer_order, owner, rotation_axes
+    _plan.make_plan(
+        params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
+        caller=caller,
     )
     return ScaleByLayerRatesState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, owner, layer_order, rotation_axes)
-    rhos = _rates.leaf_rates(
-        learning_rate, state.count, leaves.params, params, leaves.plan.axes, owner
+    leaves = _prepare(
+        updates, params, caller, mask=mask, rotation_axes=rotation_axes,
+        layer_order=layer_order,
     )
-    rates = layer_rates(rhos, leaves.plan, alpha, depth_exponent)
+    rhos = _rates.leaf_rates(learning_rate, state.count, params, leaves.plan, caller)
+    rates = _plan.layer_rates(leaves.plan, rhos, alpha, depth_exponent)
     out = []
-    for s, w, layer, rho, rho_l, dot in zip(
-        leaves.updates.leaves, leaves.params.leaves, leaves.plan.is_layer, rhos, rates,
-        reducers(leaves.plan, axis_name),
+    for s, w, leaf, rho, rho_l in zip(
+        leaves.updates.leaves, leaves.params.leaves, leaves.plan.leaves, rhos, rates
     ):
-      if layer:
-        rho_l = jnp.where(dot(w, w) > 0, rho_l, rho)
-      out.append((-rho_l * _tree.as_f32(s)).astype(jnp.result_type(s)))
+      if leaf.is_layer:  # a zero-norm layer has no direction: -rho(t) s
+        ww = _numerics.sum_of_products(w, w, leaf.vector_axes, axis_name)
+        rho_l = jnp.where(ww > 0, rho_l, rho)
+      out.append((-rho_l * as_f32(s)).astype(jnp.result_type(s)))
     new_state = ScaleByLayerRatesState(count=optax.safe_increment(state.count))
     return leaves.updates.unflatten(out), new_state
 
@@ -342,41 +308,34 @@ class ProjectToSphereState(NamedTuple):
 
 
 def initial_norms(
-    params: Any, plan: _layers.LayerPlan, owner: str, axis_name: _tree.AxisName | None
+    params: Any, plan: _plan.Plan, caller: str, axis_name: _numerics.AxisName | None
 ) -> Any:
-  """Float32 norm of each layer's vectors (0 for other leaves); warns on zero norms."""
+  """Float32 norm of each layer's vectors (a float32 0 for other leaves); warns on zero
+  norms and on one-element layers. The ``initial_norms`` of ``LaycaState`` and
+  ``ProjectToSphereState``."""
   flat = _tree.flatten(params)
   norms = [
-      jnp.squeeze(jnp.sqrt(dot(w, w)), axis=a.axes) if layer
-      else jnp.zeros([], jnp.float32)
-      for w, layer, a, dot in zip(
-          flat.leaves, plan.is_layer, plan.axes, reducers(plan, axis_name)
+      jnp.squeeze(
+          jnp.sqrt(_numerics.sum_of_products(w, w, leaf.vector_axes, axis_name)),
+          axis=leaf.vector_axes,
       )
+      if leaf.is_layer else jnp.zeros([], jnp.float32)
+      for w, leaf in zip(flat.leaves, plan.leaves)
   ]
-  _warn_single_elements(flat, plan, owner)
-  _warn_zero_norms(flat.paths, norms, plan.is_layer, owner)
+  _warn_single_elements(flat, plan, caller)
+  _warn_zero_norms(plan, norms, caller)
   return flat.unflatten(norms)
 
 
-def broadcast_norms(initial_norms: Any, plan: _layers.LayerPlan) -> list[jax.Array]:
-  """The stored initial norms, each with size-1 rotation axes to broadcast on its leaf."""
-  return [
-      jnp.expand_dims(n, a.axes) if layer else n
-      for n, a, layer in zip(
-          _tree.flatten(initial_norms).leaves, plan.axes, plan.is_layer
-      )
-  ]
-
-
-def _warn_single_elements(flat: _tree.Flat, plan: _layers.LayerPlan, owner: str) -> None:
+def _warn_single_elements(flat: _tree.Flat, plan: _plan.Plan, caller: str) -> None:
   single = [
-      path
-      for path, w, layer, a in zip(flat.paths, flat.leaves, plan.is_layer, plan.axes)
-      if layer and math.prod(jnp.shape(w)[i] for i in a.axes) == 1
+      leaf.path
+      for w, leaf in zip(flat.leaves, plan.leaves)
+      if leaf.is_layer and math.prod(jnp.shape(w)[i] for i in leaf.vector_axes) == 1
   ]
   if single:
     warnings.warn(
-        f"{owner}: layer leaves {single} have a single element. A one-element vector has "
+        f"{caller}: layer leaves {single} have a single element. A one-element vector has "
         "no direction to rotate to (every step is parallel to it), so Layca never changes "
         "them. Exclude them from the layers with `mask=` (they then get "
         "-learning_rate * step), or freeze them on purpose with optax.partition.",
@@ -384,17 +343,17 @@ def _warn_single_elements(flat: _tree.Flat, plan: _layers.LayerPlan, owner: str)
     )
 
 
-def _warn_zero_norms(paths, norms, is_layer, owner: str) -> None:
+def _warn_zero_norms(plan: _plan.Plan, norms: Sequence[jax.Array], caller: str) -> None:
   try:
     zero = [
-        p for p, n, layer in zip(paths, norms, is_layer)
-        if layer and bool(jnp.any(n == 0))
+        leaf.path for leaf, n in zip(plan.leaves, norms)
+        if leaf.is_layer and bool(jnp.any(n == 0))
     ]
   except jax.errors.ConcretizationTypeError:
     return  # traced (jit, eval_shape): values unknown
   if zero:
     warnings.warn(
-        f"{owner}: layer leaves {zero} have zero norm at init. A zero vector has no "
+        f"{caller}: layer leaves {zero} have zero norm at init. A zero vector has no "
         "direction to rotate, so they get plain -learning_rate * step updates and are "
         "never projected back to a sphere. Initialise them with non-zero values (e.g. "
         "He/LeCun init) or exclude them from the layers with `mask=`.",
@@ -402,22 +361,22 @@ def _warn_zero_norms(paths, norms, is_layer, owner: str) -> None:
     )
 
 
-def _sphere_leaf(u: jax.Array, w: jax.Array, norm0: jax.Array, *, dot) -> jax.Array:
-  u32, w32 = _tree.as_f32(u), _tree.as_f32(w)
+def _sphere_leaf(u: jax.Array, w: jax.Array, norm0: jax.Array, *, sum_of_products) -> jax.Array:
+  u32, w32 = as_f32(u), as_f32(w)
   moved = w32 + u32
-  norm = jnp.sqrt(dot(moved, moved))
+  norm = jnp.sqrt(sum_of_products(moved, moved))
   projected = moved * safe_ratio(norm0, norm) - w32
   # No step, no sphere (norm0 == 0) or nothing to project (moved == 0): keep u as it is,
   # so a zero step leaves the params bit-identical.
-  keep = (dot(u32, u32) == 0) | (norm0 == 0) | (norm == 0)
+  keep = (sum_of_products(u32, u32) == 0) | (norm0 == 0) | (norm == 0)
   return jnp.where(keep, u32, projected).astype(jnp.result_type(w))
 
 
 def project_to_sphere(
     *,
-    mask: _layers.MaskOrFn = None,
-    axis_name: _tree.AxisName | None = None,
-    rotation_axes: _axes.AxesOrFn = None,
+    mask: _plan.MaskOrFn = None,
+    axis_name: _numerics.AxisName | None = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> optax.GradientTransformation:
   r"""Operation 4 of Layca: puts each layer back on the sphere of its initial norm.
 
@@ -451,19 +410,22 @@ def project_to_sphere(
     >>> (w['kernel'] + step['kernel']).tolist()  # doubled, then back to norm 5
     [[3.0, 4.0]]
   """
-  owner = "project_to_sphere"
+  caller = "project_to_sphere"
 
   def init_fn(params):
-    params = _tree.unwrap(params)
-    flat = _tree.flatten(params)
-    plan = _layers.plan_layers(flat, params, mask, None, owner, rotation_axes)
+    plan = _plan.make_plan(
+        params, mask=mask, rotation_axes=rotation_axes, layer_order=None, caller=caller
+    )
     return ProjectToSphereState(
-        initial_norms=initial_norms(params, plan, owner, axis_name)
+        initial_norms=initial_norms(params, plan, caller, axis_name)
     )
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, mask, owner, rotation_axes=rotation_axes)
-    norms0 = broadcast_norms(state.initial_norms, leaves.plan)
+    leaves = _prepare(updates, params, caller, mask=mask, rotation_axes=rotation_axes)
+    norms0 = [
+        leaf.expand(n) if leaf.is_layer else n
+        for leaf, n in zip(leaves.plan.leaves, _tree.flatten(state.initial_norms).leaves)
+    ]
     return _map_layers(leaves, _sphere_leaf, axis_name, norms0), state
 
   return optax.GradientTransformation(init_fn, update_fn)

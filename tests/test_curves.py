@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import layca_optax as lo
-from layca_optax import _rotation
+from layca_optax import _measure
 from tests.test_rotation import rotated
 
 ORDER = ["Dense_0/kernel", "Dense_1/kernel", "Dense_2/kernel"]
@@ -67,13 +67,13 @@ def test_layer_order_sets_the_curve_order():
 
 def test_record_is_one_jitted_call_that_does_not_retrace(monkeypatch):
   traces = []
-  original = _rotation.cosine_distance
+  original = _measure.cosine_distance
 
   def counting(*args, **kwargs):
     traces.append(1)
     return original(*args, **kwargs)
 
-  monkeypatch.setattr(_rotation, "cosine_distance", counting)
+  monkeypatch.setattr(_measure, "cosine_distance", counting)
   init = mlp_params()
   curves = lo.LayerRotationCurves(init)
   for step in range(5):

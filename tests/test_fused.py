@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import layca_optax as lo
-from layca_optax import _groups
+from layca_optax import _stacking
 
 
 def chain(rate, alpha=0.0, rotation_axes=None):
@@ -57,7 +57,7 @@ def test_grouping_is_the_same_as_leaf_by_leaf(monkeypatch):
   params = many_layers(1)
   grads = jax.tree.map(lambda x: np.cos(3 * x), params)
   grouped = step(lo.layca(0.05, base=optax.trace(0.9)), params, grads)
-  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  monkeypatch.setattr(_stacking, "MAX_STACKED_SIZE", 0)
   alone = step(lo.layca(0.05, base=optax.trace(0.9)), params, grads)
   assert_close(grouped, alone)
 

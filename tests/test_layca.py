@@ -354,3 +354,23 @@ def test_empty_tree_is_fine():
   state = tx.init({})
   updates, _ = tx.update({}, state, {})
   assert updates == {}
+
+
+@pytest.mark.parametrize("make", ["layca", "chain"])
+def test_params_return_to_the_initial_norm_not_the_current_one(make):
+  # Algorithm 1, step 4: w' is put back on the sphere of ||w_0||, stored at init. Weights
+  # rescaled outside the optimizer (weight decay, a manual rescale) must come back to it.
+  rng = np.random.default_rng(0)
+  init = {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)}
+  tx = lo.layca(0.1) if make == "layca" else optax.chain(
+      lo.project_orthogonal(), lo.normalize_rotation(), lo.scale_by_layer_rates(0.1),
+      lo.project_to_sphere(),
+  )
+  state = tx.init(init)
+  params = {"w": init["w"] * 1.5}  # the norm changed since init
+  grads = {"w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)}
+  updates, _ = tx.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(
+      np.linalg.norm(new["w"]), np.linalg.norm(init["w"]), rtol=1e-6
+  )

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import layca_optax as lo
 from layca_optax import _order
 from layca_optax import _tree
 
@@ -276,3 +277,72 @@ def test_forward_order_leaves_the_nnx_model_untouched():
   # BatchNorm statistics and RNG counts were only updated in the traced copy.
   assert len(before) == len(after)
   assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_forward_order_runs_an_nnx_model_with_dropout_and_batchnorm_in_evaluation_mode():
+  # The CNN of Flax's NNX MNIST tutorial: Conv -> BatchNorm -> Dropout -> Linear, whose
+  # training-mode Dropout needs rngs and cannot be traced here.
+  nnx = pytest.importorskip("flax.nnx")
+
+  class CNN(nnx.Module):
+    def __init__(self, *, rngs):
+      self.conv1 = nnx.Conv(1, 4, kernel_size=(3, 3), rngs=rngs)
+      self.batch_norm1 = nnx.BatchNorm(4, rngs=rngs)
+      self.dropout1 = nnx.Dropout(rate=0.025, rngs=rngs)
+      self.linear1 = nnx.Linear(4 * 8 * 8, 10, rngs=rngs)
+
+    def __call__(self, x, rngs=None):
+      x = nnx.relu(self.batch_norm1(self.conv1(x)))
+      x = self.dropout1(x, rngs=rngs)
+      return self.linear1(x.reshape(x.shape[0], -1))
+
+  model = CNN(rngs=nnx.Rngs(0))
+  x = jnp.ones((2, 8, 8, 1))
+  before = jax.tree.map(jnp.copy, nnx.state(model, nnx.BatchStat))
+  order = lo.forward_order(model, nnx.state(model, nnx.Param), x)
+  assert order == [
+      "conv1/kernel", "conv1/bias", "batch_norm1/scale", "batch_norm1/bias",
+      "linear1/kernel", "linear1/bias",
+  ]
+  assert model.dropout1.deterministic is False  # the model itself is left in train mode
+  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.BatchStat)), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_forward_order_error_names_itself_and_shows_the_fix():
+  nnx = pytest.importorskip("flax.nnx")
+
+  class NeedsFlag(nnx.Module):
+    def __init__(self, rngs):
+      self.linear = nnx.Linear(2, 2, rngs=rngs)
+
+    def __call__(self, x, *, train):
+      return self.linear(x)
+
+  model = NeedsFlag(nnx.Rngs(0))
+  with pytest.raises(TypeError, match="(?s)forward_order: tracing NeedsFlag.*train=False"):
+    lo.forward_order(model, nnx.state(model, nnx.Param), jnp.ones((1, 2)))
+  assert lo.forward_order(model, nnx.state(model, nnx.Param), jnp.ones((1, 2)), train=False)
+
+
+def test_forward_order_on_a_linen_model_with_dropout_and_batchnorm():
+  nn = pytest.importorskip("flax.linen")
+
+  class CNN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+      x = nn.Conv(4, (3, 3), name="conv")(x)
+      x = nn.BatchNorm(use_running_average=not train, name="norm")(x)
+      x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
+      return nn.Dense(10, name="head")(x.reshape(x.shape[0], -1))
+
+  model, x = CNN(), jnp.ones((2, 8, 8, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  order = lo.forward_order(
+      lambda p, x: model.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
+                               train=False),
+      variables["params"], x,
+  )
+  assert order == [
+      "conv/kernel", "conv/bias", "norm/scale", "norm/bias", "head/kernel", "head/bias"
+  ]

@@ -1,9 +1,7 @@
-"""One tree-wide cond guards the rare exact paths; small leaves are reduced in stacks.
+"""Small same-shaped leaves are reduced in stacks, rare exact paths run behind one cond.
 
-Performance structure (BENCHMARKS.md): each executed ``lax.cond`` costs ~0.1 ms on XLA:CPU,
-so a step with no leaf in the rare case must run one cond, not one per leaf; and trees of
-many small leaves compile fast only when same-shaped leaves are reduced together. Both must
-leave every value as it was leaf by leaf.
+Both are implementation choices for speed (``layca_optax/_stacking.py``); they must leave
+every value as it was leaf by leaf.
 """
 
 import jax
@@ -13,23 +11,21 @@ import optax
 import pytest
 
 import layca_optax as lo
-from layca_optax import _groups, _guard
-
-
-def top_level_conds(fn, *args):
-  return sum(e.primitive.name == "cond" for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns)
+from layca_optax import _stacking
 
 
 @pytest.mark.parametrize("n", [1, 3])
-def test_rarely_exact_takes_the_exact_path_only_for_rare_items(n):
-  fast = [jnp.float32(i) for i in range(n)]
-  exact = [lambda o, f: o[0] + 0.5 for _ in range(n)]
-
+def test_values_per_leaf_takes_the_exact_path_only_for_rare_leaves(n):
   @jax.jit
   def run(flags):
-    operands = [(jnp.float32(10 * i), flags[i]) for i in range(n)]
-    return _guard.rarely_exact(
-        jnp.any(flags), [lambda o: o[1]] * n, exact, operands, fast
+    groups = _stacking.group_leaves(
+        [(jnp.ones(10 + i),) for i in range(n)], [(0,)] * n  # shapes differ: n groups
+    )
+    return _stacking.values_per_leaf(
+        groups,
+        common=[jnp.float32(i) for i in range(n)],
+        rare=[flags[i] for i in range(n)],
+        exact=[lambda i=i: jnp.float32(10 * i + 0.5) for i in range(n)],
     )
 
   for flags in ([False] * n, [True] * n, [i == n - 1 for i in range(n)]):
@@ -37,22 +33,20 @@ def test_rarely_exact_takes_the_exact_path_only_for_rare_items(n):
     assert got == [10 * i + 0.5 if f else float(i) for i, f in enumerate(flags)]
 
 
-def test_rarely_exact_splits_and_joins_packed_values():
-  packed = jnp.arange(5.0)  # item 0: [0, 1], item 1: [2, 3, 4]
-  split = lambda v: [v[:2], v[2:]]  # noqa: E731
-  out = _guard.rarely_exact(
-      jnp.array(True), [lambda o: o] * 2, [lambda o, f: -f] * 2,
-      [jnp.array(False), jnp.array(True)], packed, split, jnp.concatenate,
+def test_values_per_leaf_unstacks_groups_and_replaces_only_rare_vectors():
+  leaves = [(jnp.ones((2, 3)),), (jnp.ones((5,)),), (jnp.ones((2, 3)),)]
+  groups = _stacking.group_leaves(leaves, [(1,), (0,), (1,)])
+  assert [g.members for g in groups] == [(0, 2), (1,)]
+  stacked = jnp.arange(4.0).reshape(2, 2, 1)  # (members, vectors, size-1 vector axis)
+  out = _stacking.values_per_leaf(
+      groups,
+      common=[stacked, jnp.float32(7.0)],
+      rare=[jnp.array([[[False], [True]], [[False], [False]]]), jnp.array(False)],
+      exact=[lambda: -stacked, lambda: jnp.float32(-7.0)],
   )
-  np.testing.assert_array_equal(out, [0.0, 1.0, -2.0, -3.0, -4.0])
-
-
-def test_rarely_exact_has_one_top_level_cond_for_many_items():
-  def fn(operands, fast):
-    return _guard.rarely_exact(
-        jnp.array(False), [lambda o: False] * 4, [lambda o, f: f] * 4, operands, fast
-    )
-  assert top_level_conds(fn, [jnp.ones(3)] * 4, [jnp.float32(0)] * 4) == 1
+  np.testing.assert_array_equal(out[0], [[0.0], [-1.0]])
+  np.testing.assert_array_equal(out[2], [[2.0], [3.0]])
+  assert float(out[1]) == 7.0
 
 
 def many_small_leaves(seed=0):
@@ -61,17 +55,6 @@ def many_small_leaves(seed=0):
           for i in range(4)}
   tree["big"] = rng.normal(size=(300, 300))  # above the group size: on its own
   return jax.tree.map(lambda x: x.astype(np.float32), tree)
-
-
-def test_layca_and_rotation_have_one_top_level_cond():
-  params = many_small_leaves()
-  tx = lo.layca(0.1)
-  state = tx.init(params)
-  assert top_level_conds(lambda g, s, p: tx.update(g, s, p), params, state, params) == 1
-  assert top_level_conds(lo.cosine_distance, params, params) == 1
-  monitor = lo.measure_rotation()
-  m_state = monitor.init(params)
-  assert top_level_conds(lambda u, s, p: monitor.update(u, s, p), params, m_state, params) == 1
 
 
 def moved(params):
@@ -91,7 +74,7 @@ def test_grouped_cosine_distance_equals_leaf_by_leaf_and_float64(monkeypatch):
   other = moved(params)
   grouped = jax.jit(lo.cosine_distance)(other, params)
   angles = jax.jit(lo.rotation_angle)(other, params)
-  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  monkeypatch.setattr(_stacking, "MAX_STACKED_SIZE", 0)
   alone = jax.jit(lo.cosine_distance)(other, params)
   for g, a, x, y in zip(*(jax.tree.leaves(t) for t in (grouped, alone, other, params))):
     np.testing.assert_allclose(float(g), float(a), rtol=1e-6)
@@ -106,7 +89,7 @@ def test_grouped_per_block_distances_equal_leaf_by_leaf(monkeypatch):
   other = jax.tree.map(lambda x: x + 0.1 * np.sin(5 * x), params)
   axes = lambda p: jax.tree.map(lambda _: (1, 2), p)  # noqa: E731
   grouped = lo.cosine_distance(other, params, rotation_axes=axes)
-  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  monkeypatch.setattr(_stacking, "MAX_STACKED_SIZE", 0)
   alone = lo.cosine_distance(other, params, rotation_axes=axes)
   for key in params:
     assert grouped[key].shape == (3,)
@@ -128,7 +111,7 @@ def test_grouped_measure_rotation_equals_leaf_by_leaf_and_keeps_the_updates(monk
     return step(updates, params)
 
   out, grouped = measure()
-  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  monkeypatch.setattr(_stacking, "MAX_STACKED_SIZE", 0)
   _, alone = measure()
   for u, o in zip(jax.tree.leaves(updates), jax.tree.leaves(out)):
     np.testing.assert_array_equal(np.asarray(o), np.asarray(u))
@@ -140,34 +123,19 @@ def test_grouped_measure_rotation_equals_leaf_by_leaf_and_keeps_the_updates(monk
     )
 
 
-def test_packer_round_trips_units_of_any_small_shape():
-  shapes = [(), (1, 1), (3, 1), (2,)]
-  packer = _groups.Packer(shapes)
-  values = [jnp.float32(2.0), jnp.ones((1, 1)), jnp.arange(3.0).reshape(3, 1), 7.0]
-  vector = packer.pack(values)
-  assert vector.shape == (1 + 1 + 3 + 2,)
-  for out, value, shape in zip(packer.unpack(vector), values, shapes):
-    assert out.shape == shape
-    np.testing.assert_array_equal(out, np.broadcast_to(value, shape))
-
-
-def test_grouped_layers_read_their_slot_and_fall_back_when_groups_split(monkeypatch):
-  # Slots index a group's coefficients only when the group is the whole class of
-  # same-shaped small layers; gradients of mixed dtypes split a class, and then the
-  # leaves take constant indices. Both must equal the leaf-by-leaf step.
+def test_grouped_layers_equal_leaf_by_leaf_also_when_dtypes_split_a_group(monkeypatch):
+  # Gradients of mixed dtypes split a class of same-shaped layers into two groups.
   params = many_small_leaves(4)
   grads = jax.tree.map(lambda x: np.cos(3 * x), params)
   mixed = dict(grads, b1=jax.tree.map(lambda x: x.astype(jnp.bfloat16), grads["b1"]))
   tx = lo.layca(0.1)
   state = tx.init(params)
-  slots = state[1].slots
-  assert [int(slots[f"b{i}"]["q"]) for i in range(4)] == [0, 1, 2, 3]
-  assert slots["big"] is None
-  def run(g, s):  # a fresh jit each time: traced with the current MAX_SIZE
+
+  def run(g, s):  # a fresh jit each time: traced with the current MAX_STACKED_SIZE
     return jax.jit(lambda g, s, p: tx.update(g, s, p)[0])(g, s, params)
 
   grouped = [run(g, state) for g in (grads, mixed)]
-  monkeypatch.setattr(_groups, "MAX_SIZE", 0)
+  monkeypatch.setattr(_stacking, "MAX_STACKED_SIZE", 0)
   alone = [run(g, tx.init(params)) for g in (grads, mixed)]
   for g, a in zip(grouped, alone):
     for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(a)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import layca_optax as lo
-from layca_optax import _layers, _tree
+from layca_optax import _plan, _tree
 from tests import reference
 
 
@@ -29,7 +29,7 @@ def test_alpha_multipliers_use_the_authors_factor_five():
 
 
 def test_traced_multipliers_equal_numpy_ones_and_clip_bad_alpha():
-  jitted = jax.jit(_layers.traced_multipliers, static_argnums=0)
+  jitted = jax.jit(_plan.traced_multipliers, static_argnums=0)
   np.testing.assert_allclose(jitted(7, -0.4, 5.0), lo.alpha_multipliers(7, -0.4), rtol=1e-6)
   assert np.all(np.isfinite(jitted(7, 3.0, 5.0)))  # clipped, never NaN
 
@@ -43,38 +43,38 @@ def test_alpha_multipliers_reject_bad_layer_counts(bad):
 def test_default_mask_selects_kernels():
   params = {"k": jnp.zeros((2, 3)), "conv": jnp.zeros((3, 3, 1, 2)), "b": jnp.zeros(3),
             "s": jnp.zeros(())}
-  assert _layers.resolve_mask(None, params, "t") == (False, True, True, False)
+  assert _plan.resolve_mask(None, params, "t") == (False, True, True, False)
   assert lo.default_mask(params) == {"k": True, "conv": True, "b": False, "s": False}
 
 
 def test_prefix_and_callable_masks():
   params = {"enc": {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}, "head": jnp.zeros((2, 2))}
   # Leaves flatten as enc/b, enc/w, head.
-  assert _layers.resolve_mask({"enc": True, "head": False}, params, "t") == (True, True, False)
+  assert _plan.resolve_mask({"enc": True, "head": False}, params, "t") == (True, True, False)
   by_name = lambda p: {"enc": {"w": True, "b": False}, "head": True}
-  assert _layers.resolve_mask(by_name, params, "t") == (False, True, True)
+  assert _plan.resolve_mask(by_name, params, "t") == (False, True, True)
 
 
 def test_natural_order_is_used_by_default_for_depth():
   paths = ["Dense_10/kernel", "Dense_2/kernel", "Dense_1/kernel", "Dense_1/bias"]
-  depth = _layers.layer_indices(paths, (True, True, True, False), None, "t")
+  depth = _plan.layer_depths(paths, (True, True, True, False), None, "t")
   assert depth == (2, 1, 0, None)
 
 
 def test_layer_order_may_name_non_layer_leaves():
   paths = ["a", "b", "c"]
-  depth = _layers.layer_indices(paths, (True, False, True), ["c", "b", "a"], "t")
+  depth = _plan.layer_depths(paths, (True, False, True), ["c", "b", "a"], "t")
   assert depth == (1, None, 0)
 
 
 def test_layer_order_must_be_strings():
   with pytest.raises(TypeError, match="list of path strings"):
-    _layers.layer_indices(["a"], (True,), "a", "t")
+    _plan.layer_depths(["a"], (True,), "a", "t")
 
 
 def test_duplicate_in_layer_order_is_an_error():
   with pytest.raises(ValueError, match="more than once"):
-    _layers.layer_indices(["a", "b"], (True, True), ["a", "b", "a"], "t")
+    _plan.layer_depths(["a", "b"], (True, True), ["a", "b", "a"], "t")
 
 
 def test_paths_of_nested_containers():

@@ -1,0 +1,485 @@
+r"""The layer plan: which leaves are layers, how they split into vectors, their depth and rate.
+
+Everything here is static: it depends on the params' structure, shapes and dtypes, never on
+their values, so under ``jax.jit`` it runs once, at trace time, and the hot path only sees
+Python constants. One :class:`LeafPlan` per leaf of the params says
+
+* whether the leaf is a *layer* (``mask``; by default the kernels, ``ndim >= 2``);
+* which of its axes form one rotating *vector* (``rotation_axes``; by default all of them:
+  the paper's "one leaf, one layer"). Every other axis indexes vectors: *stacking axes*
+  (kept axes before the first rotation axis) hold stacked layers, e.g. the blocks of an
+  ``nn.scan`` / ``nnx.vmap`` model, each with its own depth; *unit axes* (kept axes after
+  it) hold units of one layer, e.g. per-neuron Layca, sharing the layer's depth;
+* the depth of its first layer (input side first), which picks its alpha multiplier
+  :math:`m_l`, so that :math:`\rho_l(t) = m_l \rho(t)` (:func:`layer_rates`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from layca_optax import _tree
+from layca_optax._order import natural_key
+
+__all__ = [
+    "alpha_multipliers",
+    "default_mask",
+    "output_unit_axes",
+    "stacked_layer_axes",
+    "whole_leaf_axes",
+]
+
+MaskOrFn = Any | Callable[[Any], Any] | None
+AxesOrFn = Any | Callable[[Any], Any] | None
+
+
+# -- the public helpers: which leaves are layers, which axes form a vector ---------------
+
+
+def default_mask(params: Any) -> Any:
+  """The default layer selection: ``True`` for leaves with ``ndim >= 2`` (kernels).
+
+  Dense kernels ``(in, out)`` and convolution kernels ``(h, w, in, out)`` are layers;
+  biases, BatchNorm/LayerNorm scales and scalars are not.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import default_mask
+    >>> default_mask({'b': jnp.zeros(3), 'w': jnp.zeros((3, 2))})
+    {'b': False, 'w': True}
+  """
+  return jax.tree.map(lambda x: jnp.ndim(x) >= 2, _tree.unwrap(params))
+
+
+def whole_leaf_axes(params: Any) -> Any:
+  """Every leaf is one vector: its axes are all of its axes (the default).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import whole_leaf_axes
+    >>> whole_leaf_axes({'kernel': jnp.zeros((3, 4)), 'bias': jnp.zeros(4)})
+    {'bias': (0,), 'kernel': (0, 1)}
+  """
+  return jax.tree.map(lambda x: tuple(range(np.ndim(x))), _tree.unwrap(params))
+
+
+def stacked_layer_axes(params: Any, *, num_stacked: int = 1) -> Any:
+  """Leaves whose first ``num_stacked`` axes index stacked layers (``nn.scan`` blocks).
+
+  A leaf of shape ``(num_blocks, d_in, d_out)`` gets rotation axes ``(1, 2)``: each block's
+  kernel is its own layer. Leaves with ``ndim <= num_stacked`` (e.g. scalars) are whole.
+  Apply it to the stacked part of the params only, e.g.
+  ``rotation_axes=lambda p: {'blocks': stacked_layer_axes(p['blocks']), 'head': None}``
+  (this works for plain dicts and Flax NNX ``State`` params alike).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import stacked_layer_axes
+    >>> stacked_layer_axes({'kernel': jnp.zeros((6, 8, 8)), 'bias': jnp.zeros((6, 8))})
+    {'bias': (1,), 'kernel': (1, 2)}
+  """
+  def axes(x):
+    ndim = np.ndim(x)
+    return tuple(range(num_stacked, ndim)) if ndim > num_stacked else tuple(range(ndim))
+
+  return jax.tree.map(axes, _tree.unwrap(params))
+
+
+def output_unit_axes(params: Any) -> Any:
+  """Per-output-unit vectors in Flax layout: every axis but the last (outputs last).
+
+  A Dense kernel ``(d_in, d_out)`` gets ``(0,)``: each output unit's incoming weights form
+  one vector. A Conv kernel HWIO gets ``(0, 1, 2)``: one vector per output channel. 1-D
+  leaves stay whole. (Flax puts outputs on the last axis; PyTorch's dim 0 does not apply.)
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import output_unit_axes
+    >>> output_unit_axes({'conv': jnp.zeros((3, 3, 4, 8)), 'bias': jnp.zeros(8)})
+    {'bias': (0,), 'conv': (0, 1, 2)}
+  """
+  def axes(x):
+    ndim = np.ndim(x)
+    return tuple(range(ndim - 1)) if ndim >= 2 else tuple(range(ndim))
+
+  return jax.tree.map(axes, _tree.unwrap(params))
+
+
+# -- alpha: the layer-wise rate multipliers ------------------------------------------------
+
+
+def check_alpha(alpha: Any, caller: str) -> None:
+  """Raises for a concrete alpha outside ``[-1, 1]`` (traced values are clipped later)."""
+  value = concrete_float(alpha)
+  if value is None and not isinstance(alpha, jax.core.Tracer):
+    raise TypeError(
+        f"{caller}: alpha must be a number in [-1, 1], got {alpha!r}. For example "
+        "alpha=0.6 (or alpha=0.0, the paper's best, for the same rate in every layer)."
+    )
+  if value is not None and not -1.0 <= value <= 1.0:
+    raise ValueError(
+        f"{caller}: alpha must be in [-1, 1] (negative: the first layers rotate fastest; "
+        f"positive: the last layers do), got alpha={value}. The paper's grid is "
+        "{-0.8, ..., 0, ..., 0.8}; use for example alpha=0.6."
+    )
+
+
+def concrete_float(x: Any) -> float | None:
+  """``float(x)`` when ``x`` is a concrete number, ``None`` when it is traced."""
+  # float('0.1') would parse a string: a number given as text is a bug to report.
+  if isinstance(x, (jax.core.Tracer, str, bytes)):
+    return None
+  try:
+    return float(x)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return None
+
+
+def _multipliers(num_layers: int, alpha, depth_exponent, xp) -> Any:
+  """Equation (1) of the paper with the authors' exponent factor; see alpha_multipliers."""
+  if num_layers == 1:
+    return xp.ones((1,))
+  depth = xp.arange(num_layers) / (num_layers - 1)  # 0 at the input, 1 at the output
+  from_output = (1.0 - alpha) ** (depth_exponent * (1.0 - depth))  # alpha > 0
+  from_input = (1.0 + alpha) ** (depth_exponent * depth)  # alpha <= 0
+  return xp.where(alpha > 0, from_output, from_input)
+
+
+def alpha_multipliers(
+    num_layers: int, alpha: float, *, depth_exponent: float = 5.0
+) -> np.ndarray:
+  r"""Layer-wise learning-rate multipliers of the paper, input layer first.
+
+  For layer :math:`l \in \{0, \dots, L-1\}` (forward order) and :math:`e` =
+  ``depth_exponent``:
+
+  .. math::
+    m_l = \begin{cases}
+      (1 - \alpha)^{e (L-1-l)/(L-1)} & \alpha > 0 \\
+      (1 + \alpha)^{e\, l/(L-1)} & \alpha \le 0
+    \end{cases}
+
+  so ``rho_l(t) = m_l rho(t)``. Negative alpha slows the last layers, positive alpha the
+  first ones; a single layer gets 1. The paper prints :math:`e = 1`, but the authors' code
+  and their Figure 13 use :math:`e = 5` (``alpha=0.6`` gives the first layer
+  :math:`0.4^5 \approx 0.0102`); pass ``depth_exponent=1.0`` for the printed equation.
+
+  Args:
+    num_layers: L, the number of layers (>= 1).
+    alpha: in ``[-1, 1]``.
+    depth_exponent: e, 5 in the authors' experiments.
+
+  Returns:
+    A float64 NumPy array of shape ``(num_layers,)``.
+
+  Examples:
+    >>> from layca_optax import alpha_multipliers
+    >>> alpha_multipliers(3, 0.6).round(4)
+    array([0.0102, 0.1012, 1.    ])
+    >>> alpha_multipliers(3, -0.6, depth_exponent=1.0).round(4)
+    array([1.    , 0.6325, 0.4   ])
+  """
+  if int(num_layers) != num_layers or num_layers < 1:
+    raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}.")
+  check_alpha(alpha, "alpha_multipliers")
+  if not math.isfinite(depth_exponent) or depth_exponent < 0:
+    raise ValueError(f"depth_exponent must be >= 0, got {depth_exponent!r}.")
+  return np.asarray(
+      _multipliers(int(num_layers), float(alpha), float(depth_exponent), np),
+      dtype=np.float64,
+  )
+
+
+def traced_multipliers(num_layers: int, alpha: Any, depth_exponent: Any) -> jax.Array:
+  """``alpha_multipliers`` in float32 for a possibly traced alpha (inject_hyperparams).
+
+  A traced alpha cannot be validated; it is clipped to ``[-1, 1]`` so that a bad injected
+  value cannot turn the multipliers into NaN (concrete values raise instead).
+  """
+  alpha = jnp.clip(jnp.asarray(alpha, jnp.float32), -1.0, 1.0)
+  exponent = jnp.asarray(depth_exponent, jnp.float32)
+  return _multipliers(num_layers, alpha, exponent, jnp).astype(jnp.float32)
+
+
+# -- the plan of one params tree -------------------------------------------------------------
+
+
+class LeafPlan(NamedTuple):
+  """What the Layca transforms and the measures need to know about one leaf."""
+
+  path: str
+  is_layer: bool
+  vector_axes: tuple[int, ...]  # summed over: one rotating vector
+  vector_count_shape: tuple[int, ...]  # the leaf's shape without them: one value per vector
+  stack_axes: tuple[int, ...]  # kept axes before the first vector axis: stacked layers
+  rate_shape: tuple[int, ...]  # stacking sizes in place, 1 elsewhere: broadcasts on the leaf
+  depth: int | None  # depth index of the leaf's first layer (0: input side); None: no layer
+
+  @property
+  def num_stacked(self) -> int:
+    """How many layers the leaf holds (1 unless it has stacking axes)."""
+    return math.prod(self.rate_shape)
+
+  def multiplier_index(self) -> np.ndarray:
+    """Each vector's index into the alpha multipliers, shaped to broadcast on the leaf."""
+    assert self.depth is not None, self.path
+    if not self.stack_axes:
+      return np.asarray(self.depth)
+    return self.depth + np.arange(self.num_stacked).reshape(self.rate_shape)
+
+  def expand(self, per_vector: jax.Array) -> jax.Array:
+    """One value per vector (``vector_count_shape``) -> size-1 vector axes, to broadcast."""
+    return jnp.expand_dims(per_vector, self.vector_axes)
+
+
+class Plan(NamedTuple):
+  """The :class:`LeafPlan` of every leaf (flattening order) and the number of layers."""
+
+  leaves: tuple[LeafPlan, ...]
+  num_layers: int  # a stacked leaf counts one layer per slice
+
+
+def vector_count_shape(shape: Sequence[int], vector_axes: Sequence[int]) -> tuple[int, ...]:
+  """A leaf's shape without its vector axes: the shape of one value per vector."""
+  return tuple(n for a, n in enumerate(shape) if a not in vector_axes)
+
+
+def vector_names(path: str, count_shape: tuple[int, ...]) -> list[str]:
+  """One name per vector of a leaf: ``'path'``, or ``'path[i]'`` / ``'path[i,j]'``."""
+  if not count_shape:
+    return [path]
+  return [f"{path}[{','.join(map(str, i))}]" for i in np.ndindex(*count_shape)]
+
+
+def make_plan(
+    params: Any,
+    *,
+    mask: MaskOrFn,
+    rotation_axes: AxesOrFn,
+    layer_order: Sequence[str] | None,
+    caller: str,
+    check_dtypes: bool = True,
+) -> Plan:
+  """Resolves mask, dtypes, rotation axes and depth order for ``params``.
+
+  ``check_dtypes=False`` (the measures) lets any leaf be selected; Layca's layers must
+  be real floating point.
+  """
+  params = _tree.unwrap(params)
+  flat = _tree.flatten(params)
+  is_layer = resolve_mask(mask, params, caller)
+  if check_dtypes:
+    _check_layer_dtypes(flat, is_layer, caller)
+  axes = _resolve_axes(rotation_axes, flat, params, caller)
+  shapes = [tuple(np.shape(x)) for x in flat.leaves]
+  stacks = [_stack_axes(vector) for vector in axes]
+  rate_shapes = [
+      tuple(n if a in stack else 1 for a, n in enumerate(shape))
+      for shape, stack in zip(shapes, stacks)
+  ]
+  depth = layer_depths(
+      flat.paths, is_layer, layer_order, caller, [math.prod(r) for r in rate_shapes]
+  )
+  leaves = tuple(
+      LeafPlan(path, layer, vector, vector_count_shape(shape, vector), stack, rate, d)
+      for path, layer, vector, shape, stack, rate, d in zip(
+          flat.paths, is_layer, axes, shapes, stacks, rate_shapes, depth
+      )
+  )
+  num_layers = sum(leaf.num_stacked for leaf in leaves if leaf.is_layer)
+  return Plan(leaves, num_layers)
+
+
+def layer_rates(
+    plan: Plan, rhos: Sequence[jax.Array], alpha: Any, depth_exponent: Any
+) -> list[jax.Array]:
+  r"""Each leaf's rate: :math:`\rho_l(t) = m_l \rho(t)` for layers, :math:`\rho(t)` otherwise.
+
+  ``rhos`` holds each leaf's :math:`\rho(t)` (``_rates.leaf_rates``). A stacked leaf gets
+  one multiplier per stacked layer, shaped to broadcast on it.
+  """
+  if plan.num_layers == 0:
+    return list(rhos)
+  multipliers = traced_multipliers(plan.num_layers, alpha, depth_exponent)
+  return [
+      multipliers[leaf.multiplier_index()] * rho if leaf.is_layer else rho
+      for leaf, rho in zip(plan.leaves, rhos)
+  ]
+
+
+# -- resolving the arguments ---------------------------------------------------------------
+
+
+def _is_axes(x: Any) -> bool:
+  """A per-leaf axes value: ``None`` (all axes) or a tuple of ints."""
+  return x is None or (
+      isinstance(x, tuple) and all(isinstance(i, (int, np.integer)) for i in x)
+  )
+
+
+def resolve_mask(mask: MaskOrFn, params: Any, caller: str) -> tuple[bool, ...]:
+  """One Python bool per leaf of ``params`` (flattening order): is the leaf a layer?
+
+  ``mask`` is ``None`` (the default selection, ``ndim >= 2``), a pytree of bools that is a
+  prefix of ``params`` (a bool for a whole subtree), or a callable ``params -> such a
+  pytree``. The bools must be static (Python or NumPy), as in ``optax.masked``.
+  """
+  params = _tree.unwrap(params)
+  if mask is None:
+    mask = default_mask
+  if callable(mask):
+    mask = mask(params)
+  full = _tree.broadcast_prefix(mask, params, is_leaf=lambda x: x is None)
+  if full is None:
+    raise ValueError(
+        f"{caller}: `mask` must be a pytree of bools with the structure of the params (or "
+        "a prefix of it: one bool for a whole subtree), or a callable params -> such a "
+        f"pytree. Its structure does not fit the params:\n  mask:   "
+        f"{jax.tree.structure(mask)}\n  params: {jax.tree.structure(params)}\nFor "
+        "example mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)."
+    )
+  flags = []
+  for path, flag in zip(_tree.leaf_paths(params), full):
+    try:
+      flags.append(bool(flag))
+    except jax.errors.ConcretizationTypeError as e:
+      raise ValueError(
+          f"{caller}: the mask value for {path!r} is a traced array; masks must be static "
+          "Python bools computed from shapes or paths, not from values."
+      ) from e
+  return tuple(flags)
+
+
+def _check_layer_dtypes(flat: _tree.Flat, is_layer: Sequence[bool], caller: str) -> None:
+  """Layers are rotated in real space: integer, boolean or complex kernels are an error."""
+  for path, leaf, layer in zip(flat.paths, flat.leaves, is_layer):
+    dtype = jnp.result_type(leaf)
+    if layer and not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"{caller}: layer leaf {path!r} has dtype {dtype}; Layca rotates real "
+          "floating-point weights only. Exclude it from the layers, e.g. "
+          f"mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2 and "
+          "jnp.issubdtype(x.dtype, jnp.floating), p), or store it as float32."
+      )
+
+
+def _resolve_axes(
+    rotation_axes: AxesOrFn, flat: _tree.Flat, params: Any, caller: str
+) -> list[tuple[int, ...]]:
+  """The vector axes of each leaf of ``params`` (flattening order), sorted, non-negative."""
+  shapes = [tuple(np.shape(x)) for x in flat.leaves]
+  if rotation_axes is None:
+    return [tuple(range(len(s))) for s in shapes]
+  if callable(rotation_axes):
+    rotation_axes = rotation_axes(params)
+  full = _tree.broadcast_prefix(rotation_axes, params, is_leaf=_is_axes)
+  if full is None:
+    raise ValueError(
+        f"{caller}: `rotation_axes` must be a pytree with the structure of the params (or "
+        "a prefix of it) whose leaves are tuples of axes (or None for the whole leaf), or "
+        "a callable params -> such a pytree, e.g. layca_optax.output_unit_axes. Its "
+        f"structure does not fit the params:\n  rotation_axes: "
+        f"{jax.tree.structure(rotation_axes, is_leaf=_is_axes)}\n  params: "
+        f"{jax.tree.structure(params)}"
+    )
+  return [_normalize_axes(a, s, p, caller) for a, s, p in zip(full, shapes, flat.paths)]
+
+
+def _normalize_axes(
+    axes: Any, shape: tuple[int, ...], path: str, caller: str
+) -> tuple[int, ...]:
+  ndim = len(shape)
+  if axes is None:
+    return tuple(range(ndim))
+  try:
+    normalized = tuple(sorted({int(a) % ndim if ndim else int(a) for a in axes}))
+  except (TypeError, ZeroDivisionError) as e:
+    raise ValueError(f"{caller}: rotation axes {axes!r} for {path!r} are not axes.") from e
+  bad = [a for a in axes if not -ndim <= int(a) < max(ndim, 1)] if ndim else list(axes)
+  if bad or (ndim and not normalized):
+    raise ValueError(
+        f"{caller}: rotation axes {axes!r} do not fit leaf {path!r} of shape {shape}. Give "
+        f"a non-empty tuple of axes in range(-{ndim}, {ndim}), e.g. {tuple(range(ndim))} "
+        "for the whole leaf or use layca_optax.output_unit_axes / stacked_layer_axes."
+    )
+  return normalized
+
+
+def _stack_axes(vector_axes: tuple[int, ...]) -> tuple[int, ...]:
+  """The kept axes before the first vector axis: each index is its own layer."""
+  first = vector_axes[0] if vector_axes else 0
+  return tuple(a for a in range(first) if a not in vector_axes)
+
+
+def layer_depths(
+    paths: Sequence[str],
+    is_layer: Sequence[bool],
+    layer_order: Sequence[str] | None,
+    caller: str,
+    num_stacked: Sequence[int] | None = None,
+) -> tuple[int | None, ...]:
+  """The depth index of each leaf's first layer (0 = input side), ``None`` for non-layers.
+
+  With ``layer_order=None`` layers are taken in natural order of their paths (digit runs
+  compared as numbers). Otherwise ``layer_order`` lists paths from input to output, for
+  example ``forward_order(...)``; it may name non-layer leaves (they are skipped) but must
+  name every layer leaf once and nothing that is not in the params. A stacked leaf holds
+  ``num_stacked`` layers (default 1 each), consecutive in depth at the leaf's place.
+
+  Examples:
+    >>> from layca_optax._plan import layer_depths
+    >>> layer_depths(['b', 'a', 'bias'], [True, True, False], None, 'f', [2, 1, 1])
+    (1, 0, None)
+  """
+  layers = [p for p, flag in zip(paths, is_layer) if flag]
+  if layer_order is None:
+    ordered = sorted(layers, key=natural_key)
+  else:
+    ordered = _ordered_layers(layer_order, paths, layers, caller)
+  stacked = dict(zip(paths, num_stacked or [1] * len(paths)))
+  starts, depth = {}, 0
+  for path in ordered:
+    starts[path] = depth
+    depth += stacked[path]
+  return tuple(starts.get(p) if flag else None for p, flag in zip(paths, is_layer))
+
+
+def _ordered_layers(
+    layer_order: Sequence[str], paths: Sequence[str], layers: list[str], caller: str
+) -> list[str]:
+  if isinstance(layer_order, str) or not all(isinstance(p, str) for p in layer_order):
+    raise TypeError(
+        f"{caller}: `layer_order` must be a list of path strings such as "
+        f"['Conv_0/kernel', 'Dense_0/kernel'], got {layer_order!r}."
+    )
+  layer_order = list(layer_order)
+  known = set(paths)
+  for path in layer_order:
+    if path not in known:
+      close = difflib.get_close_matches(path, paths, n=3)
+      hint = f" Did you mean {close}?" if close else ""
+      raise ValueError(
+          f"{caller}: `layer_order` names {path!r}, which is not a leaf path of the "
+          f"params.{hint} Paths look like {list(paths[:3])}; get them all, in depth "
+          "order, with layca_optax.forward_order(apply_fn, params, example_input)."
+      )
+  duplicates = sorted({p for p in layer_order if layer_order.count(p) > 1})
+  if duplicates:
+    raise ValueError(f"{caller}: `layer_order` names {duplicates} more than once.")
+  listed = set(layer_order)
+  missing = [p for p in layers if p not in listed]
+  if missing:
+    raise ValueError(
+        f"{caller}: layer leaves {missing} are missing from `layer_order`; every layer "
+        "needs a depth. Pass the full order, e.g. layca_optax.forward_order(apply_fn, "
+        "params, example_input), or exclude those leaves from the layers with `mask`."
+    )
+  is_layer = set(layers)
+  return [p for p in layer_order if p in is_layer]

@@ -8,6 +8,7 @@ generalization in deep networks?", 2019).
 """
 
 from layca_optax._axes import output_unit_axes, stacked_layer_axes, whole_leaf_axes
+from layca_optax._checkpoints import curves_from_checkpoints
 from layca_optax._curves import (
     CurveBuffer,
     LayerRotationCurves,
@@ -46,6 +47,7 @@ __all__ = [
     "ScaleByLayerRatesState",
     "alpha_multipliers",
     "cosine_distance",
+    "curves_from_checkpoints",
     "default_mask",
     "forward_order",
     "init_curve_buffer",

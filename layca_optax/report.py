@@ -100,14 +100,14 @@ def summary_markdown(
   """
   steps = curves.steps
   finals = curves.latest()
-  params_path = info["params_path"] or "(the whole tree)"
+  params_path = f"`{info['params_path']}`" if info["params_path"] else "the whole tree"
   lines = [
       f"# Layer rotation of `{info['directory']}`",
       "",
       f"- steps read: {len(steps)} ({steps[0]} to {steps[-1]})",
       f"- reference step: {info['reference_step']} (cosine distance to the params "
       "saved then)",
-      f"- params: `{params_path}`, {len(finals)} layers "
+      f"- params: {params_path}, {len(finals)} layers "
       f"(order: {info['layer_order_source']}, input layer first)",
       f"- skipped steps: {len(skipped) or 'none'}",
       "",

@@ -351,12 +351,25 @@ def _restore_args(ocp: Any, target: Any) -> Any:
   return ocp.RestoreArgs(restore_type=np.ndarray)
 
 
+MAX_REASON_CHARS = 300
+
+
+def short_reason(error: BaseException) -> str:
+  """``'ValueError: DATA_LOSS: ...'``: the error's first line, without tensorstore's
+  JSON spec, at most :data:`MAX_REASON_CHARS` characters."""
+  text = str(error).split(" [tensorstore_spec=", 1)[0].strip().splitlines()
+  text = text[0] if text else ""
+  if len(text) > MAX_REASON_CHARS:
+    text = text[: MAX_REASON_CHARS - 3] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class _Unreadable(Exception):
   """orbax failed to read a step (corrupt, truncated or missing files)."""
 
   def __init__(self, step: int, step_dir: Any, cause: BaseException):
-    super().__init__(step, str(step_dir), f"{type(cause).__name__}: {cause}")
-    self.step, self.path, self.reason = step, str(step_dir), f"{type(cause).__name__}: {cause}"
+    self.step, self.path, self.reason = step, str(step_dir), short_reason(cause)
+    super().__init__(self.step, self.path, self.reason)
 
 
 def _unreadable_error(owner: str, error: _Unreadable, skippable: bool) -> OSError:

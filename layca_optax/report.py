@@ -304,8 +304,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Report:
   """Runs the command; bad input exits with status 2 and the error on stderr."""
   args = parse_args(argv)
-  # orbax logs routine notes ("Given directory is read only") through absl.
+  # orbax logs routine notes ("Given directory is read only") through absl, and when
+  # one array of a corrupt step fails to load it leaves the other reads' errors to
+  # asyncio's "exception was never retrieved" log: the report prints the step's error.
   logging.getLogger("absl").setLevel(logging.ERROR)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
   try:
     report = write_report(
         args.directory, args.out, params_path=args.params_path,

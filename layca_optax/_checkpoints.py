@@ -271,7 +271,7 @@ class _StepReader:
     try:
       items = _pytree_items(self.ocp, step_dir)
       trees = {name: _tree_metadata(self.handler, step_dir / name) for name in items}
-    except Exception as e:  # noqa: BLE001 - anything orbax raises means unreadable
+    except Exception as e:  # anything orbax raises means unreadable
       raise _Unreadable(step, step_dir, e) from e
     if not items:
       raise ValueError(
@@ -335,7 +335,7 @@ class _StepReader:
           ),
       )
       params = _subtree_at(restored, inner)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # same: unreadable
       raise _Unreadable(step, step_dir, e) from e
     return _unwrap_variables(params), shapes
 
@@ -445,6 +445,17 @@ def _resolve_steps(
   return chosen, reference
 
 
+def _saved_layer_order(manager: Any) -> tuple[list[str] | None, str]:
+  """The ``'layer_order'`` list of the directory's root metadata, and where it came from."""
+  try:
+    saved = (manager.metadata().custom_metadata or {}).get(LAYER_ORDER_KEY)
+  except Exception as e:  # unreadable root metadata: it only held a default
+    return None, f"natural order (the directory's metadata: {short_reason(e)})"
+  if saved:
+    return [str(p) for p in saved], "checkpoint metadata"
+  return None, "natural order"
+
+
 def read_curves(
     directory: str | pathlib.Path,
     *,
@@ -468,10 +479,7 @@ def read_curves(
   )
   layer_order_source = "argument"
   if layer_order is None:
-    saved = (manager.metadata().custom_metadata or {}).get(LAYER_ORDER_KEY)
-    layer_order, layer_order_source = (
-        (list(saved), "checkpoint metadata") if saved else (None, "natural order")
-    )
+    layer_order, layer_order_source = _saved_layer_order(manager)
   reader = _StepReader(ocp, manager, _split_path(params_path), owner)
 
   try:

@@ -105,10 +105,10 @@ def summary_markdown(
       f"# Layer rotation of `{info['directory']}`",
       "",
       f"- steps read: {len(steps)} ({steps[0]} to {steps[-1]})",
-      f"- reference step: {info['reference_step']} (cosine distance to the params "
-      "saved then)",
-      f"- params: {params_path}, {len(finals)} layers "
-      f"(order: {info['layer_order_source']}, input layer first)",
+      (f"- reference step: {info['reference_step']} (cosine distance to the params "
+       "saved then)"),
+      (f"- params: {params_path}, {len(finals)} layers "
+       f"(order: {info['layer_order_source']}, input layer first)"),
       f"- skipped steps: {len(skipped) or 'none'}",
       "",
   ]
@@ -126,8 +126,8 @@ def summary_markdown(
   least = min(finals, key=finals.get)
   lines += [
       "",
-      f"Most rotated layer: `{most}` ({finals[most]:.4f}); least rotated: `{least}` "
-      f"({finals[least]:.4f}).",
+      (f"Most rotated layer: `{most}` ({finals[most]:.4f}); least rotated: "
+       f"`{least}` ({finals[least]:.4f})."),
   ]
   if skipped:
     lines += ["", "Skipped steps (could not be read):", ""]
@@ -150,7 +150,7 @@ def _save_curves(
 
 def _require_matplotlib() -> None:
   try:
-    import matplotlib  # noqa: F401, PLC0415 - checked before the (long) read
+    import matplotlib  # noqa: F401 - checked before the (long) read
   except ImportError as e:
     raise ImportError(
         'The report draws its figure with matplotlib: `pip install '

@@ -287,7 +287,7 @@ def checkpoint_saver(
   if checkpoint_dir is None:
     yield lambda step, model: None
     return
-  import orbax.checkpoint as ocp  # noqa: PLC0415 - optional: only to save checkpoints
+  import orbax.checkpoint as ocp  # optional: only runs that save checkpoints need it
 
   directory = pathlib.Path(checkpoint_dir).absolute()
   options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)

@@ -608,6 +608,7 @@ def curves_from_checkpoints(
     >>> curves = curves_from_checkpoints(directory)
     >>> curves.steps, [round(v, 4) for v in curves.values['dense/kernel']]
     ([0, 10, 20], [0.0, 0.2929, 1.0])
+    >>> import shutil; shutil.rmtree(directory)
   """
   owner = "curves_from_checkpoints"
   curves, skipped, _ = read_curves(

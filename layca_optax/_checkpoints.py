@@ -104,18 +104,22 @@ def _step_dir(ocp: Any, manager: Any, step: int) -> Any:
   return ocp.step.find_step_path(manager.directory, name_format, step=step)
 
 
-def _pytree_items(ocp: Any, step_dir: Any) -> list[str]:
-  """Names of the step's items saved as pytrees (StandardSave / PyTreeSave)."""
-  handlers = ocp.metadata.get_step_metadata(step_dir).item_handlers
+def _pytree_items(ocp: Any, step_dir: Any) -> list[str] | None:
+  """Names of the step's items saved as pytrees (StandardSave / PyTreeSave), from the
+  step's metadata; ``None`` when the step has no usable handler metadata (written by an
+  older orbax, or damaged)."""
+  try:
+    handlers = ocp.metadata.get_step_metadata(step_dir).item_handlers
+  except ValueError:  # missing or undecodable _CHECKPOINT_METADATA
+    return None
   if isinstance(handlers, str):
     handlers = {_DEFAULT_ITEM: handlers}
-  if handlers:
-    return sorted(
-        name for name, handler in handlers.items()
-        if str(handler).rsplit(".", 1)[-1] in _PYTREE_HANDLERS
-    )
-  # Written without per-step handler metadata: every sub-directory is a candidate.
-  return sorted(p.name for p in step_dir.iterdir() if p.is_dir())
+  if not handlers:
+    return None
+  return sorted(
+      name for name, handler in handlers.items()
+      if str(handler).rsplit(".", 1)[-1] in _PYTREE_HANDLERS
+  )
 
 
 def _tree_metadata(handler: Any, item_dir: Any) -> Any:
@@ -270,7 +274,11 @@ class _StepReader:
     step_dir = self.step_dir(step)
     try:
       items = _pytree_items(self.ocp, step_dir)
-      trees = {name: _tree_metadata(self.handler, step_dir / name) for name in items}
+      if items is None:
+        trees = self._probe_items(step_dir)
+        items = sorted(trees)
+      else:
+        trees = {name: _tree_metadata(self.handler, step_dir / name) for name in items}
     except Exception as e:  # anything orbax raises means unreadable
       raise _Unreadable(step, step_dir, e) from e
     if not items:
@@ -281,6 +289,16 @@ class _StepReader:
     if items == [_DEFAULT_ITEM]:
       return trees[_DEFAULT_ITEM], True
     return trees, False
+
+  def _probe_items(self, step_dir: Any) -> dict[str, Any]:
+    """Without handler metadata: the sub-directories whose pytree metadata reads."""
+    trees = {}
+    for item_dir in sorted(p for p in step_dir.iterdir() if p.is_dir()):
+      try:
+        trees[item_dir.name] = _tree_metadata(self.handler, item_dir)
+      except Exception:  # not a pytree item (JSON, metrics...)  # noqa: BLE001, S112
+        continue
+    return trees
 
   def locate(self, step: int, tree: Any) -> tuple[str, ...]:
     """The params path in ``tree``: the given one, or the obvious one (found once)."""
@@ -449,7 +467,7 @@ def _saved_layer_order(manager: Any) -> tuple[list[str] | None, str]:
   """The ``'layer_order'`` list of the directory's root metadata, and where it came from."""
   try:
     saved = (manager.metadata().custom_metadata or {}).get(LAYER_ORDER_KEY)
-  except Exception as e:  # unreadable root metadata: it only held a default
+  except Exception as e:  # noqa: BLE001 - unreadable root metadata only held a default
     return None, f"natural order (the directory's metadata: {short_reason(e)})"
   if saved:
     return [str(p) for p in saved], "checkpoint metadata"

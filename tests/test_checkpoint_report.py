@@ -195,6 +195,20 @@ def test_flax_linen_checkpoints(tmp_path, layout):
   assert_curves_match(curves, {t: jax.tree.map(np.asarray, s.params) for t, s in states.items()})
 
 
+def test_steps_without_step_metadata_are_read_by_probing_their_items(tmp_path):
+  """Older orbax wrote no per-step handler metadata: each sub-directory is tried."""
+  trees = random_walk(dense_params())
+  directory = save_steps(tmp_path / "ck", trees, composite={
+      "state": lambda p: ocp.args.StandardSave({"params": p}),
+      "meta": lambda p: ocp.args.JsonSave({"note": "not a pytree"}),
+  })
+  for step in STEPS:
+    (directory / str(step) / "_CHECKPOINT_METADATA").unlink()
+  curves, _, info = lo_read(directory)
+  assert info["params_path"] == "state/params"
+  assert_curves_match(curves, trees)
+
+
 def test_params_sharded_over_eight_devices_are_read_whole_on_the_host(tmp_path, monkeypatch):
   assert jax.device_count() == 8
   mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(AxisType.Explicit,) * 2)

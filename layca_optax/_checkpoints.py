@@ -157,11 +157,15 @@ def find_params_path(tree: Any, owner: str, where: str) -> tuple[str, ...]:
   """Where the params are in a checkpoint tree, when there is one obvious place.
 
   The shallowest subtree named ``params`` if it is the only one at that depth, else the
-  shallowest ``model``; with neither, the whole tree, unless its top level shows
-  optimizer state (``opt_state``, ``optimizer``...). Anything else is ambiguous: a
-  ValueError lists the candidates.
+  shallowest ``model`` (outside optimizer state: ``opt_state``, ``optimizer``...); with
+  neither, the whole tree, unless its top level holds optimizer state. Anything else is
+  ambiguous: a ValueError lists the candidates.
   """
-  named = [(path, node) for path, node in _subtrees(tree) if path]
+  # A 'params' inside optimizer state (e.g. Adam's moments of {'params': ...}) is a copy.
+  named = [
+      (path, node) for path, node in _subtrees(tree)
+      if path and not set(path[:-1]) & set(OPTIMIZER_KEYS)
+  ]
   for key in PARAMS_KEYS:
     found = [path for path, _ in named if path[-1] == key]
     if found:
@@ -580,8 +584,9 @@ def curves_from_checkpoints(
   (``ocp.args.Composite(state=..., meta=...)``) has paths that start with the item
   (``'state/params'``). ``params_path=''`` is the whole tree (an NNX
   ``nnx.State`` saved alone). With ``None``, the one obvious place: the shallowest
-  ``params`` subtree, else the shallowest ``model`` subtree, else the whole tree if it
-  holds no optimizer state; otherwise a ValueError lists the candidates. NNX Variables
+  ``params`` subtree, else the shallowest ``model`` subtree (never inside optimizer
+  state), else the whole tree if it holds no optimizer state; otherwise a ValueError
+  lists the candidates. NNX Variables
   (saved as ``{'value': array}``) are unwrapped, so paths read ``'convs/0/kernel'``.
 
   Args:

@@ -384,6 +384,14 @@ def test_ambiguous_or_missing_params_path(tmp_path):
   assert lo.curves_from_checkpoints(tmp_path / "two", params_path="b/params").steps == list(STEPS)
   with pytest.raises(ValueError, match=r"step 0 at '.*/two/0' has no params at params_path='c'"):
     lo.curves_from_checkpoints(tmp_path / "two", params_path="c")
+  # Params only under optimizer state (a copy, e.g. Adam's moments) are not the params.
+  save_steps(tmp_path / "opt", {
+      t: {"weights": p, "opt_state": {"mu": {"params": p}}} for t, p in trees.items()
+  })
+  with pytest.raises(ValueError, match=r"candidates: \['opt_state', 'weights'\]"):
+    lo.curves_from_checkpoints(tmp_path / "opt")
+  assert lo.curves_from_checkpoints(tmp_path / "opt", params_path="weights").paths == [
+      "Dense_0/kernel", "Dense_2/kernel", "Dense_10/kernel"]
 
 
 def test_unknown_steps_or_reference_step(tmp_path):

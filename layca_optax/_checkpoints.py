@@ -319,6 +319,8 @@ class _StepReader:
     step_dir = self.step_dir(step)
     tree, single = self.metadata_tree(step)
     path = self.locate(step, tree)
+    if not single and not path and len(tree) == 1:
+      path = self.params_path = tuple(tree)  # one pytree item (besides JSON ones)
     try:
       subtree = _subtree_at(tree, path)
     except KeyError as missing:

@@ -209,6 +209,17 @@ def test_steps_without_step_metadata_are_read_by_probing_their_items(tmp_path):
   assert_curves_match(curves, trees)
 
 
+def test_one_named_item_beside_json_is_the_params(tmp_path):
+  trees = random_walk(dense_params())
+  directory = save_steps(tmp_path / "ck", trees, composite={
+      "weights": lambda p: ocp.args.StandardSave(p),
+      "meta": lambda p: ocp.args.JsonSave({"note": "not a pytree"}),
+  })
+  curves, _, info = lo_read(directory)
+  assert info["params_path"] == "weights"
+  assert_curves_match(curves, trees)
+
+
 def test_params_sharded_over_eight_devices_are_read_whole_on_the_host(tmp_path, monkeypatch):
   assert jax.device_count() == 8
   mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(AxisType.Explicit,) * 2)

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -70,9 +71,11 @@ def format_rate(rate: float) -> str:
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, epochs: int, out: str, model: bool = True
+    parser: argparse.ArgumentParser, *, epochs: int, out: str, model: bool = True,
+    checkpoints: bool = False,
 ) -> argparse.ArgumentParser:
-  """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size."""
+  """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size;
+  with ``checkpoints``, ``--checkpoint-dir`` (pass it to :func:`run_all`)."""
   parser.add_argument("--epochs", type=int, default=epochs)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--seed", type=int, default=0, help="initialisation, split, batches")
@@ -85,6 +88,12 @@ def add_common_arguments(
         help="filters per stage of the VGG-style CNN, comma separated (default 16,32,64)",
     )
     parser.add_argument("--convs-per-stage", type=int, default=2)
+  if checkpoints:
+    parser.add_argument(
+        "--checkpoint-dir", type=pathlib.Path, default=None,
+        help="save each run's params with orbax at step 0 and after every epoch, in "
+        "DIR/<run name>/ (read them with python -m layca_optax.report DIR/<run name>)",
+    )
   return parser
 
 
@@ -123,12 +132,15 @@ def run_all(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = True,
+    checkpoint_dir: pathlib.Path | None = None,
     **train_kwargs: Any,
 ) -> dict[str, training.History]:
   """Trains a copy of ``model`` (same initial weights) with each run's optimizer.
 
   Every run sees the same minibatches (same ``seed``). ``train_kwargs`` go to
-  :func:`examples.training.train` (e.g. ``record_rotation_rates=True``).
+  :func:`examples.training.train` (e.g. ``record_rotation_rates=True``). With
+  ``checkpoint_dir``, run ``name`` saves its params in ``checkpoint_dir /
+  run_directory(name)``.
   """
   context = RunContext(
       epochs=epochs,
@@ -140,9 +152,16 @@ def run_all(
     histories[name] = training.train(
         nnx.clone(model), make_optimizer(context), data, epochs=epochs,
         batch_size=batch_size, seed=seed, progress=progress, description=name,
+        checkpoint_dir=None if checkpoint_dir is None
+        else pathlib.Path(checkpoint_dir) / run_directory(name),
         **train_kwargs,
     )
   return histories
+
+
+def run_directory(name: str) -> str:
+  """A directory name for a run: ``'Layca (SGD)'`` -> ``'Layca_SGD'``."""
+  return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_") or "run"
 
 
 def results_table(histories: Mapping[str, training.History]) -> str:

@@ -20,6 +20,8 @@ Run from the repository root::
   python -m examples.mnist --epochs 3 --out /tmp/mnist
   python -m examples.mnist --data fashion-mnist --data-limit 10000
   python -m examples.mnist --data cifar10 --data-dir ~/data/cifar-10-batches-py
+  python -m examples.mnist --checkpoint-dir /tmp/ck     # then, for the SGD run:
+  python -m layca_optax.report /tmp/ck/SGD --out /tmp/rep
 
 (``--data`` and ``--data-dir`` are described in ``examples/README.md``.)
 """
@@ -60,7 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       description="Layca vs plain SGD on 5,000 MNIST digits (or --data ...): accuracy and "
       "layer rotation.",
   )
-  experiment.add_common_arguments(parser, epochs=10, out="out/mnist")
+  experiment.add_common_arguments(parser, epochs=10, out="out/mnist", checkpoints=True)
   parser.add_argument("--layca-lr", type=float, default=LAYCA_LR)
   parser.add_argument("--sgd-lr", type=float, default=SGD_LR)
   return parser.parse_args(argv)
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   data = experiment.load_data(args)
   histories = experiment.run_all(
       data, runs(args.layca_lr, args.sgd_lr), experiment.vgg_from_args(args, data),
-      **experiment.common_settings(args),
+      checkpoint_dir=args.checkpoint_dir, **experiment.common_settings(args),
   )
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import pathlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -174,6 +175,7 @@ def train(
     description: str | None = None,
     record_rotation_rates: bool = False,
     epoch_callback: Callable[[int, nnx.Module], None] | None = None,
+    checkpoint_dir: str | pathlib.Path | None = None,
 ) -> History:
   """Trains ``model`` in place with ``tx`` and records its layer rotation curves.
 
@@ -192,6 +194,10 @@ def train(
       device array per step, fetched once at the end).
     epoch_callback: called as ``epoch_callback(epoch, model)`` after each record of the
       curves (epoch 0, then the end of every epoch), e.g. to measure the weights' norms.
+    checkpoint_dir: if given, a new directory where the params are saved with orbax at
+      each record of the curves (step 0, then every epoch's last step); see
+      :func:`checkpoint_saver`. ``python -m layca_optax.report checkpoint_dir`` then
+      redraws the curves from those checkpoints.
 
   Returns:
     A :class:`History`.
@@ -203,9 +209,15 @@ def train(
   curves = layca_optax.LayerRotationCurves(
       params_of(model), layer_order=history.layer_paths
   )
+  steps_per_epoch = data_lib.num_batches(len(data.x_train), batch_size)
+  checkpoints = contextlib.ExitStack()
+  save_checkpoint = checkpoints.enter_context(
+      checkpoint_saver(checkpoint_dir, history.layer_paths)
+  )
 
   def record(epoch: int) -> None:
     curves.record(epoch, params_of(model))
+    save_checkpoint(epoch * steps_per_epoch, model)
     history.record_epochs.append(epoch)
     history.cosine_distances.append([curves.values[p][-1] for p in history.layer_paths])
     if epoch_callback is not None:
@@ -219,11 +231,10 @@ def train(
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   rates = []
   rng = np.random.default_rng(seed)
-  steps_per_epoch = data_lib.num_batches(len(data.x_train), batch_size)
   bar = tqdm(
       total=epochs * steps_per_epoch, desc=description, disable=not progress, leave=True
   )
-  with bar:
+  with checkpoints, bar:
     for epoch in range(1, epochs + 1):
       losses, correct = [], []
       for step, (x, y) in enumerate(
@@ -260,6 +271,37 @@ def train(
   history.final_train_accuracy = evaluate(model, data.x_train, data.y_train)
   history.wall_time = time.perf_counter() - start_time
   return history
+
+
+@contextlib.contextmanager
+def checkpoint_saver(
+    checkpoint_dir: str | pathlib.Path | None, layer_order: list[str]
+) -> Iterator[Callable[[int, nnx.Module], None]]:
+  """``save(step, model)``: writes ``params_of(model)`` to ``checkpoint_dir`` with orbax.
+
+  One ``orbax.checkpoint.CheckpointManager`` step per call (``StandardSave``, saved
+  synchronously), the kernels' forward order in the directory's metadata under
+  ``'layer_order'`` (``layca_optax.curves_from_checkpoints`` uses it). The directory
+  must not hold checkpoints yet. With ``checkpoint_dir=None``, ``save`` does nothing.
+  """
+  if checkpoint_dir is None:
+    yield lambda step, model: None
+    return
+  import orbax.checkpoint as ocp  # optional: only runs that save checkpoints need it
+
+  directory = pathlib.Path(checkpoint_dir).absolute()
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+  with ocp.CheckpointManager(
+      directory, options=options, metadata={"layer_order": list(layer_order)}
+  ) as manager:
+    if manager.all_steps():
+      raise ValueError(
+          f"checkpoint_dir {str(directory)!r} already holds checkpoints (steps "
+          f"{list(manager.all_steps())[:5]}...); pass a new or empty directory."
+      )
+    yield lambda step, model: manager.save(
+        step, args=ocp.args.StandardSave(params_of(model))
+    )
 
 
 def _format_accuracy(accuracy: float | None) -> str:

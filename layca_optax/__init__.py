@@ -7,6 +7,7 @@ rotation utilities measure how far each layer has turned from its initialisation
 generalization in deep networks?", 2019).
 """
 
+from layca_optax._checkpoints import curves_from_checkpoints
 from layca_optax._curves import (
     CurveBuffer,
     LayerRotationCurves,
@@ -56,6 +57,7 @@ __all__ = [
     "ScaleByLayerRatesState",
     "alpha_multipliers",
     "cosine_distance",
+    "curves_from_checkpoints",
     "default_mask",
     "forward_order",
     "init_curve_buffer",

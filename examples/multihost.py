@@ -90,6 +90,14 @@ def _stop(processes: Sequence[subprocess.Popen]) -> None:
     process.wait()
 
 
+def _close(processes: Sequence[subprocess.Popen], readers: Sequence[threading.Thread]) -> None:
+  """Lets the readers finish the pipes, then closes them."""
+  for reader in readers:
+    reader.join(timeout=5)
+  for process in processes:
+    process.stdout.close()
+
+
 def launch_processes(
     commands: Sequence[Sequence[str]],
     *,
@@ -137,10 +145,10 @@ def launch_processes(
       time.sleep(0.05)
   except BaseException:
     _stop(processes)
+    _close(processes, readers)
     raise
   _stop(processes)
-  for reader in readers:
-    reader.join(timeout=5)
+  _close(processes, readers)
   texts = ["".join(lines) for lines in outputs]
   if failed:
     index = failed[0]

@@ -47,7 +47,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -56,9 +55,11 @@ import layca_optax
 from examples import data as data_lib
 from examples import data_parallel, experiment, models, plotting, training
 
-LEARNING_RATE = 3.0**-3  # SGD + Layca, the paper's best
+LEARNING_RATE = 3.0**-3  # SGD (no momentum) + Layca, the paper's best
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_TIMEOUT_S = 600.0
+# What JAX's coordinator prints when it cannot listen on its port (e.g. already taken).
+PORT_TAKEN = "Failed to add port to server"
 # Kept in the collected output but not echoed: gloo prints one line per peer connection.
 _QUIET_PREFIXES = ("[Gloo] Rank",)
 
@@ -79,6 +80,16 @@ def free_port(host: str = "127.0.0.1") -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
     probe.bind((host, 0))
     return probe.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+  """Whether a TCP server could listen on ``host:port`` now."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+      probe.bind((host, port))
+    except OSError:
+      return False
+    return True
 
 
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
@@ -177,12 +188,17 @@ def initialize(
 
   Must run before any JAX computation. ``cpu_devices`` simulates that many CPU devices
   in this process (``None``: the platform's own devices, e.g. the GPUs of the host).
+  A loopback coordinator (``127.0.0.1:PORT``, local processes) listens on loopback only;
+  JAX's default would listen on every interface (``[::]:PORT``), as a cluster needs.
   """
   if cpu_devices is not None:
     jax.config.update("jax_num_cpu_devices", cpu_devices)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  host = coordinator.rsplit(":", 1)[0].strip("[]")
+  local = host in ("localhost", "::1") or host.startswith("127.")
   jax.distributed.initialize(
-      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+      coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+      coordinator_bind_address=coordinator if local else None,
   )
 
 
@@ -256,9 +272,7 @@ def train(
   layer_order = training.kernel_paths(model, data.x_train[:1])
   # The same host values in every process, replicated over every device of every process.
   nnx.update(model, jax.device_put(nnx.state(model), NamedSharding(mesh, P())))
-  optimizer = nnx.Optimizer(
-      model, layca_optax.layca(LEARNING_RATE, base=optax.trace(0.9)), wrt=nnx.Param
-  )
+  optimizer = nnx.Optimizer(model, layca_optax.layca(LEARNING_RATE), wrt=nnx.Param)
   curves = layca_optax.LayerRotationCurves(training.params_of(model), layer_order=layer_order)
   curves.record(0, training.params_of(model))
 
@@ -276,8 +290,12 @@ def train(
         bar.update()
     curves.record(epoch * steps_per_epoch, training.params_of(model))
     epoch_loss = float(np.mean(jax.device_get(losses[-steps_per_epoch:])))
-    print(f"epoch {epoch}: mean loss {epoch_loss:.4f}, cosine distance to init "
-          + ", ".join(f"{p} {v:.4f}" for p, v in curves.latest().items()), flush=True)
+    line = (f"epoch {epoch}: mean loss {epoch_loss:.4f}, cosine distance to init "
+            + ", ".join(f"{p} {v:.4f}" for p, v in curves.latest().items()))
+    if bar is None:
+      print(line, flush=True)
+    else:
+      bar.write(line)  # above the progress bar
   if bar is not None:
     bar.close()
   return Run(model, optimizer, [float(v) for v in jax.device_get(losses)], curves,
@@ -426,6 +444,10 @@ def run_launcher(args: argparse.Namespace) -> dict[str, Any]:
   """Starts the local processes, then compares their checkpoint with a one-process run."""
   port = args.port or free_port()
   coordinator = f"127.0.0.1:{port}"
+  if not port_is_free(port):
+    # Checked here: jax 0.10's coordinator crashes (SIGSEGV) on a taken loopback port.
+    raise SystemExit(f"error: port {port} on 127.0.0.1 is taken; pass --port with a "
+                     "free one, or --port 0 to pick one.")
   print(f"launching {args.processes} processes x {args.cpu_devices} CPU devices, "
         f"coordinator {coordinator}", flush=True)
   shutil.rmtree(args.out / "checkpoint", ignore_errors=True)
@@ -439,8 +461,9 @@ def run_launcher(args: argparse.Namespace) -> dict[str, Any]:
     )
   except ProcessFailure as failure:
     hint = ""
-    if any("address already in use" in o.lower() for o in failure.outputs):
-      hint = f"\nPort {port} is taken: pass --port with a free one (or 0 to pick one)."
+    if any(PORT_TAKEN in o for o in failure.outputs):
+      hint = (f"\nThe coordinator could not listen on {coordinator}: is the port taken? "
+              "Pass --port with a free one, or --port 0 to pick one.")
     raise SystemExit(f"error: {failure}{hint}") from None
   multi_time = time.perf_counter() - start
   multi = json.loads((args.out / "results.json").read_text())

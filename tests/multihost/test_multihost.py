@@ -47,7 +47,7 @@ def launch(commands, timeout=TIMEOUT_S):
     try:
       return multihost.launch_processes(commands, timeout=timeout, echo=False, env=ENV)
     except multihost.ProcessFailure as failure:
-      taken = any("address already in use" in o.lower() for o in failure.outputs)
+      taken = any(multihost.PORT_TAKEN in o for o in failure.outputs)
       if taken and attempt == 0:
         continue
       outputs = "\n".join(
@@ -236,3 +236,15 @@ def test_multihost_example_refuses_bad_process_counts(capsys):
     multihost.parse_args(["--coordinator", "127.0.0.1:1", "--num-processes", "2",
                           "--process-id", "2"])
   assert "--process-id must be in [0, --num-processes)" in capsys.readouterr().err
+
+
+def test_multihost_example_refuses_a_taken_port(tmp_path):
+  import socket
+
+  with socket.socket() as listener:
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    assert not multihost.port_is_free(port)
+    with pytest.raises(SystemExit, match=f"port {port} on 127.0.0.1 is taken"):
+      multihost.main(["--port", str(port), "--out", str(tmp_path)])

@@ -37,6 +37,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -92,6 +93,17 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def _exit_on_sigterm():
+  """Makes SIGTERM raise ``SystemExit`` here (main thread only); returns the old handler."""
+  if threading.current_thread() is not threading.main_thread():
+    return None
+
+  def handler(signum, frame):
+    raise SystemExit(128 + signum)
+
+  return signal.signal(signal.SIGTERM, handler)
+
+
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
   """Kills every process still running and waits for it (no zombies left behind)."""
   for process in processes:
@@ -122,7 +134,9 @@ def launch_processes(
   Each output line is printed as it comes, prefixed ``[process i]`` (``echo=True``). As
   soon as one process exits with an error, the others are killed: the collectives of a
   multi-process program would otherwise wait forever for the missing process. The same
-  happens after ``timeout`` seconds and on Ctrl-C (``KeyboardInterrupt`` is re-raised).
+  happens after ``timeout`` seconds, on Ctrl-C (``KeyboardInterrupt`` is re-raised) and
+  on SIGTERM (``SystemExit``). The children are killed with SIGKILL: JAX's distributed
+  runtime takes SIGTERM as a preemption notice and keeps running.
 
   Raises:
     ProcessFailure: a process exited with a non-zero code, or the time ran out; the
@@ -136,6 +150,7 @@ def launch_processes(
       if echo and not line.startswith(_QUIET_PREFIXES):
         print(f"[process {index}] {line}", end="", flush=True)
 
+  previous_handler = _exit_on_sigterm()
   try:
     for index, command in enumerate(commands):
       process = subprocess.Popen(
@@ -158,6 +173,9 @@ def launch_processes(
     _stop(processes)
     _close(processes, readers)
     raise
+  finally:
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
   _stop(processes)
   _close(processes, readers)
   texts = ["".join(lines) for lines in outputs]

@@ -113,6 +113,38 @@ def test_launcher_stops_every_process_after_the_timeout():
     )
 
 
+def test_launcher_stops_every_process_on_sigterm(tmp_path):
+  import signal
+  import threading
+
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signal handlers can only be set in the main thread")
+  before = signal.getsignal(signal.SIGTERM)
+  pid_file = tmp_path / "pid"
+
+  def terminate_once_the_child_runs():
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  timer = threading.Thread(target=terminate_once_the_child_runs)
+  timer.start()
+  with pytest.raises(SystemExit) as exit_:
+    multihost.launch_processes(
+        [python(f"import os, time; open({str(pid_file)!r} + '.tmp', 'w').write("
+                f"str(os.getpid())); os.replace({str(pid_file)!r} + '.tmp', "
+                f"{str(pid_file)!r}); time.sleep(60)")],
+        timeout=60, echo=False,
+    )
+  timer.join()
+  assert exit_.value.code == 128 + signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is before
+  child = int(pid_file.read_text())
+  with pytest.raises(ProcessLookupError):  # killed and reaped
+    os.kill(child, 0)
+
+
 # -- multi-process scenarios (slow: each starts JAX in 2 processes) ------------------------
 
 

@@ -12,8 +12,8 @@ runs on several hosts (each process maps over its local devices, collectives spa
 them), and it keeps them independent of the device count that ``tests/conftest.py`` gives
 the pytest process.
 
-Run them alone with ``python -m pytest tests/multihost -n 0`` (13 tests, 3 min 38 s on 2
-cores shared with other jobs; ``-m "not slow"``: the launcher's own 5 tests, 10 s).
+Run them alone with ``python -m pytest tests/multihost -n 0`` (14 tests, 2 min 48 s on 2
+cores shared with other jobs; ``-m "not slow"``: the launcher's own 6 tests, 5-7 s).
 """
 
 from __future__ import annotations

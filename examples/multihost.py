@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -486,7 +486,7 @@ def run_launcher(args: argparse.Namespace) -> dict[str, Any]:
   multi_time = time.perf_counter() - start
   multi = json.loads((args.out / "results.json").read_text())
 
-  print(f"the same run in this one process, on one device:", flush=True)
+  print("the same run in this one process, on one device:", flush=True)
   start = time.perf_counter()
   data = data_lib.dataset_from_args(args)
   reference = train(data, data_parallel.data_mesh(1), epochs=args.epochs,

@@ -286,7 +286,10 @@ def pmap_data_parallel(args) -> None:
   # passes its own rows, the pmean spans every process's devices.
   local = jax.local_device_count()
   rows = slice(jax.process_index() * local * 8, (jax.process_index() + 1) * local * 8)
-  stack = lambda tree: jax.tree.map(lambda a: np.stack([a] * local), tree)  # noqa: E731
+
+  def stack(tree):  # one copy per local device
+    return jax.tree.map(lambda a: np.stack([a] * local), tree)
+
   p_params, p_state = stack(params), jax.pmap(tx.init)(stack(params))
   p_step = jax.pmap(step, axis_name="batch")
   for x, y in batches:

@@ -8,19 +8,31 @@ values (:data:`TINY_PARAMETERS`) is inserted right after the cell tagged ``param
 ``skip-execution`` (the Colab install cell, ``%tensorboard``) are kept but not run.
 
 ``tests/test_notebooks.py`` runs them this way, and so does the documentation build
-(``docs/conf.py``), which renders the executed copies with their figures.
+(``docs/conf.py``), which renders the executed copies with their figures. Both go through
+:func:`executed`, which keeps the executed copy in ``docs/notebooks/`` (git-ignored) with
+a key of everything the run depends on (the notebook, the settings, the Python files of
+``layca_optax/``, ``examples/`` and ``notebooks/``, the versions of Python and the main
+packages): the test suite and the docs build then run each notebook once, not twice, and
+run it again as soon as any of those changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
 import os
 import pathlib
+import sys
 
 # jupyter_core 5.x before 5.8 warns (DeprecationWarning) that it will move its
 # directories to platformdirs: opt in to them.
 os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent
+ROOT = NOTEBOOK_DIR.parent
+EXECUTED_DIR = ROOT / "docs" / "notebooks"  # the executed copies, which the docs render
 NOTEBOOKS = ("quickstart.ipynb", "paper_tour.ipynb")
 SKIP_TAG = "skip-execution"
 INJECTED_TAG = "injected-parameters"
@@ -108,3 +120,52 @@ def execute(notebook, *, timeout: int = CELL_TIMEOUT):
   )
   client.execute()
   return notebook
+
+
+#: Written at the top of the injected cell of the executed copies (the docs show it).
+NOTE = (
+    "# The documentation build runs this notebook with these small settings (the tests'\n"
+    "# ones, notebooks/execute.py): its figures show a few steps on a few images. The\n"
+    "# defaults above are the ones to use in Colab or Jupyter.\n"
+)
+KEY_PACKAGES = ("jax", "jaxlib", "optax", "flax", "numpy", "matplotlib", "tensorboardX")
+
+
+def source_key(name: str) -> str:
+  """A hash of everything the executed notebook ``name`` depends on."""
+  digest = hashlib.sha256()
+  digest.update((NOTEBOOK_DIR / name).read_bytes())
+  digest.update((TINY_PARAMETERS[name] + NOTE + sys.version).encode())
+  for package in KEY_PACKAGES:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+      digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
+  for folder in ("layca_optax", "examples", "notebooks"):
+    for path in sorted((ROOT / folder).glob("*.py")):
+      digest.update(path.name.encode() + path.read_bytes())
+  return digest.hexdigest()
+
+
+def executed(name: str):
+  """``notebooks/<name>`` run with the tiny settings: from the cache, or run now.
+
+  The run keeps the ``skip-execution`` cells (unexecuted) and shows :data:`NOTE` in the
+  injected cell. A lock file makes a second process (a pytest-xdist worker, a docs build)
+  wait for the first one's run instead of starting its own.
+  """
+  import nbformat
+
+  key = source_key(name)
+  target = EXECUTED_DIR / name
+  EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+  with open(EXECUTED_DIR / f".{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if target.is_file():
+      cached = nbformat.read(target, as_version=4)
+      if cached.metadata.get("layca_execution", {}).get("source_key") == key:
+        return cached
+    notebook = execute(prepared(name, drop_skipped=False, comment=NOTE))
+    notebook.metadata["layca_execution"] = {"source_key": key}
+    partial = target.with_suffix(".partial")
+    nbformat.write(notebook, partial)
+    partial.replace(target)
+    return notebook

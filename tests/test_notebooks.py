@@ -4,7 +4,7 @@ Each notebook is executed top to bottom in a fresh ``python3`` Jupyter kernel (n
 kernel of the running interpreter: ipykernel is in the ``notebooks`` extra), from the
 ``notebooks/`` directory, as a user of a local checkout would run it. Before the run,
 
-* cells tagged ``skip-execution`` are dropped (the Colab install cell, ``%tensorboard``);
+* cells tagged ``skip-execution`` are skipped (the Colab install cell, ``%tensorboard``);
 * a cell setting tiny values (``notebooks/execute.py``'s ``TINY_PARAMETERS``) is inserted
   right after the cell tagged ``parameters``, the papermill convention, so the notebook's
   own defaults stay Colab-sized.
@@ -29,7 +29,7 @@ pytest.importorskip("flax")
 pytest.importorskip("matplotlib")
 
 # The tiny settings and the way the notebooks are run are shared with the docs build.
-from notebooks.execute import NOTEBOOKS, execute, prepared, read, tags
+from notebooks.execute import NOTEBOOKS, executed, read, tags
 
 COLAB_URL = "https://colab.research.google.com/github/layca-optax/layca_optax/blob/main/notebooks/"
 
@@ -57,7 +57,10 @@ def test_notebook_layout(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_with_tiny_settings(name):
-  notebook = execute(prepared(name))  # raises CellExecutionError if a cell fails
+  # Raises CellExecutionError if a cell fails. The executed copy is kept (docs/notebooks/,
+  # which the docs build renders) and reused until the notebook, its settings, the code or
+  # the main packages' versions change: the suite and the docs run each notebook once.
+  notebook = executed(name)
   errors = [
       output for cell in notebook.cells if cell.cell_type == "code"
       for output in cell.outputs if output.get("output_type") == "error"

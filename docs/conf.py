@@ -61,6 +61,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Any|Callable|Mapping|Sequence|Iterable|NamedTuple|PyTree|Array|ArrayLike)"),
     (r"py:.*", r"(float|int|str|bool|tuple|list|dict|None|object|type)"),
     (r"py:.*", r"(Axes|Figure|ScalarOrSchedule|Schedule|Params|Updates|OptState|Path)"),
+    (r"py:.*", r"(MaskOrFn|AxesOrFn|AxisName|_\w+\..*)"),  # the library's private aliases
 ]
 
 # Autodoc: the public names only, as ``layca_optax.<name>`` (never the private modules).
@@ -70,6 +71,17 @@ autodoc_default_options = {"members": False}
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
+# Show type aliases by name instead of their (long) expansion. The library's own aliases
+# live in private modules: show their bare names.
+autodoc_type_aliases = {
+    name: name.rsplit(".", 1)[-1] if name.startswith("_") else name
+    for name in (
+        "optax.ScalarOrSchedule", "optax.Schedule", "optax.Params", "optax.Updates",
+        "optax.OptState", "chex.ArrayTree", "jax.typing.ArrayLike",
+        "_layers.MaskOrFn", "_axes.AxesOrFn", "_tree.AxisName", "_curves.Reference",
+        "MaskOrFn", "AxesOrFn", "AxisName",
+    )
+}
 add_module_names = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False

@@ -62,6 +62,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(float|int|str|bool|tuple|list|dict|None|object|type)"),
     (r"py:.*", r"(Axes|Figure|ScalarOrSchedule|Schedule|Params|Updates|OptState|Path)"),
     (r"py:.*", r"(MaskOrFn|AxesOrFn|AxisName|_\w+\..*)"),  # the library's private aliases
+    (r"py:class", r"TypeAliasForwardRef"),  # how Sphinx wraps autodoc_type_aliases
 ]
 
 # Autodoc: the public names only, as ``layca_optax.<name>`` (never the private modules).

@@ -79,8 +79,7 @@ autodoc_type_aliases = {
     for name in (
         "optax.ScalarOrSchedule", "optax.Schedule", "optax.Params", "optax.Updates",
         "optax.OptState", "chex.ArrayTree", "jax.typing.ArrayLike",
-        "_layers.MaskOrFn", "_axes.AxesOrFn", "_tree.AxisName", "_curves.Reference",
-        "MaskOrFn", "AxesOrFn", "AxisName",
+        "_layers.MaskOrFn", "_axes.AxesOrFn", "MaskOrFn", "AxesOrFn",
     )
 }
 add_module_names = False

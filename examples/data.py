@@ -814,10 +814,12 @@ def add_data_arguments(
   )
   group.add_argument(
       "--data-dir", type=pathlib.Path, default=None,
-      help="directory holding the dataset's files (see examples/README.md)",
+      help="directory holding the dataset's files (see examples/README.md; default: "
+      "none, the dataset's own location)",
   )
   group.add_argument(
-      "--data-limit", type=int, default=None, help="use at most this many training images"
+      "--data-limit", type=int, default=None,
+      help="use at most this many training images (default: all)",
   )
   return parser
 

@@ -76,10 +76,21 @@ def add_common_arguments(
 ) -> argparse.ArgumentParser:
   """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size;
   with ``checkpoints``, ``--checkpoint-dir`` (pass it to :func:`run_all`)."""
-  parser.add_argument("--epochs", type=int, default=epochs)
-  parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--seed", type=int, default=0, help="initialisation, split, batches")
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(out))
+  parser.add_argument(
+      "--epochs", type=int, default=epochs, help="epochs of each run (default %(default)s)"
+  )
+  parser.add_argument(
+      "--batch-size", type=int, default=128, help="minibatch size (default %(default)s)"
+  )
+  parser.add_argument(
+      "--seed", type=int, default=0,
+      help="seed of the initialisation, the split and the batches (default %(default)s)",
+  )
+  parser.add_argument(
+      "--out", type=pathlib.Path, default=pathlib.Path(out),
+      help="output directory for the figures, results.json and summary.md "
+      "(default %(default)s)",
+  )
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
   data_lib.add_data_arguments(parser)  # --data, --data-dir, --data-limit
   if model:
@@ -87,7 +98,10 @@ def add_common_arguments(
         "--stages", type=_int_tuple, default=(16, 32, 64),
         help="filters per stage of the VGG-style CNN, comma separated (default 16,32,64)",
     )
-    parser.add_argument("--convs-per-stage", type=int, default=2)
+    parser.add_argument(
+        "--convs-per-stage", type=int, default=2,
+        help="3x3 convolutions per stage (default %(default)s)",
+    )
   if checkpoints:
     parser.add_argument(
         "--checkpoint-dir", type=pathlib.Path, default=None,
@@ -165,14 +179,14 @@ def run_directory(name: str) -> str:
 
 
 def results_table(histories: Mapping[str, training.History]) -> str:
-  """Accuracies and times per run, then each layer's final cosine distance per run."""
+  """Accuracies (in %) and times per run, then each layer's final cosine distance per run."""
   names = list(histories)
   width = max(12, *(len(name) for name in names))
   lines = [f"{'run':<{width}} {'test acc':>9} {'train acc':>9} {'time (s)':>9}"]
   for name, history in histories.items():
     lines.append(
-        f"{name:<{width}} {history.final_test_accuracy:>9.4f} "
-        f"{history.final_train_accuracy:>9.4f} {history.wall_time:>9.1f}"
+        f"{name:<{width}} {100 * history.final_test_accuracy:>7.1f} % "
+        f"{100 * history.final_train_accuracy:>7.1f} % {history.wall_time:>9.1f}"
     )
   paths = histories[names[0]].layer_paths
   path_width = max(len("layer"), *(len(path) for path in paths))
@@ -232,16 +246,19 @@ def save_outputs(
     title: str,
     figure_name: str = "layer_rotation.png",
     columns: int | None = None,
+    zoom: bool = False,
     notes: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> list[pathlib.Path]:
   """Writes the curves figure, ``results.json`` and ``summary.md``; returns their paths.
 
-  ``extra`` adds entries to the JSON (e.g. an experiment's own measurements).
+  ``zoom`` adds a row of zoomed panels to the figure (see
+  :func:`examples.plotting.save_comparison_figure`). ``extra`` adds entries to the JSON
+  (e.g. an experiment's own measurements).
   """
   out_dir.mkdir(parents=True, exist_ok=True)
   figure_path = out_dir / figure_name
-  plotting.save_comparison_figure(figure_path, histories, columns=columns)
+  plotting.save_comparison_figure(figure_path, histories, columns=columns, zoom=zoom)
   json_path = out_dir / "results.json"
   results = {
       "config": dict(config),

@@ -57,38 +57,87 @@ def run_title(name: str, history: History) -> str:
   return f"{name}: test accuracy {100 * history.final_test_accuracy:.1f}%"
 
 
+def label_line_ends(ax, min_gap: float = 0.05) -> None:
+  """Writes each line's number (1 = first line drawn) at its right end, in its colour.
+
+  Labels of lines that end close together are pushed apart to at least ``min_gap`` of
+  the y range, so that every line can be told apart even where two of them overlap.
+  """
+  lines = [line for line in ax.get_lines() if len(line.get_xdata())]
+  if not lines:
+    return
+  bottom, top = ax.get_ylim()
+  gap = min_gap * (top - bottom)
+  ends = sorted(
+      (float(line.get_ydata()[-1]), number, line)
+      for number, line in enumerate(lines, start=1)
+  )
+  positions = []
+  for y, _, _ in ends:
+    positions.append(max(y, positions[-1] + gap) if positions else y)
+  overflow = positions[-1] - (top - gap / 2)
+  if overflow > 0:  # shift the stack down to stay inside the axes
+    positions = [p - overflow for p in positions]
+  x_end = max(float(line.get_xdata()[-1]) for line in lines)
+  left, right = ax.get_xlim()
+  ax.set_xlim(left, right + 0.08 * (right - left))
+  for (_, number, line), y in zip(ends, positions):
+    ax.annotate(
+        str(number), (x_end, y), xytext=(4, 0), textcoords="offset points",
+        va="center", ha="left", fontsize="small", color=line.get_color(),
+        fontweight="bold",
+    )
+
+
+def zoom_limits(runs: Mapping[str, History]) -> tuple[float, float]:
+  """A y range for the curves of short runs: 0 to 10 % above the largest value."""
+  largest = max(
+      (max(row) for h in runs.values() for row in h.cosine_distances if row), default=0.0
+  )
+  return 0.0, max(1.1 * largest, 1e-3)
+
+
 def save_comparison_figure(
     path: str | pathlib.Path,
     runs: Mapping[str, History],
     *,
     columns: int | None = None,
     ylim: tuple[float, float] | None = None,
+    zoom: bool = False,
 ) -> Figure:
   """Saves the runs' layer rotation curves (one panel per run) to ``path``.
 
   Panels are laid out ``columns`` per row (default: all in one row). The y axis goes from
-  0 to 1 (the paper's style) unless ``ylim`` is given, e.g. to zoom on short runs. Returns
-  the figure, e.g. to display it in a notebook.
+  0 to 1 (the paper's style) unless ``ylim`` is given, e.g. to zoom on short runs.
+  ``zoom=True`` adds, below the panels, the same panels with y from 0 to 10 % above the
+  largest distance of any run (:func:`zoom_limits`) and every line numbered at its end
+  (1 = first layer, :func:`label_line_ends`), so that layers whose curves sit close
+  together can be told apart. Returns the figure, e.g. to display it in a notebook.
   """
   if not runs:
     raise ValueError("save_comparison_figure needs at least one run.")
   columns = min(columns or len(runs), len(runs))
   rows = -(-len(runs) // columns)
   width, height = PANEL_SIZE
-  fig = Figure(figsize=(width * columns + 0.8, height * rows), layout="constrained")
-  grid = fig.subplots(rows, columns, sharey=True, squeeze=False)
-  axes = grid.ravel()[: len(runs)]
-  for ax in grid.ravel()[len(runs):]:
-    ax.set_visible(False)
-  for ax, (name, history) in zip(axes, runs.items()):
-    # History records are whole epochs: one "step" per epoch puts x in epochs.
-    layca_optax.plot_layer_rotation_curves(
-        history_curves(history), ax, steps_per_epoch=1,
-        title=run_title(name, history), colorbar=False,
-    )
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    if ylim is not None:
-      ax.set_ylim(*ylim)
+  copies = 2 if zoom else 1
+  fig = Figure(figsize=(width * columns + 0.8, height * rows * copies), layout="constrained")
+  grid = fig.subplots(rows * copies, columns, sharey="row", squeeze=False)
+  for copy in range(copies):
+    block = grid[copy * rows:(copy + 1) * rows]
+    for ax in block.ravel()[len(runs):]:
+      ax.set_visible(False)
+    for ax, (name, history) in zip(block.ravel(), runs.items()):
+      # History records are whole epochs: one "step" per epoch puts x in epochs.
+      layca_optax.plot_layer_rotation_curves(
+          history_curves(history), ax, steps_per_epoch=1,
+          title=run_title(name, history) + (" (zoomed)" if copy else ""), colorbar=False,
+      )
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+      if copy:
+        ax.set_ylim(*zoom_limits(runs))
+        label_line_ends(ax)
+      elif ylim is not None:
+        ax.set_ylim(*ylim)
   for ax in grid[:, 1:].ravel():
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())

@@ -206,13 +206,7 @@ def claim_notes(histories: Mapping[str, training.History]) -> list[str]:
   ]
 
 
-def zoom_limits(histories: Mapping[str, training.History]) -> tuple[float, float]:
-  """A y range for the curves of short runs: 0 to 10 % above the largest value."""
-  largest = max(
-      (max(row) for h in histories.values() for row in h.cosine_distances if row),
-      default=0.0,
-  )
-  return 0.0, max(1.1 * largest, 1e-3)
+zoom_limits = plotting.zoom_limits  # weight_decay.py imports it from here
 
 
 def save_accuracy_figure(path: pathlib.Path, results: Mapping[str, list[dict]]) -> Figure:

@@ -151,3 +151,19 @@ def test_train_records_every_steps_rotation_rates():
   for angles in history.rotation_rates.values():
     assert len(angles) == 2 * 4  # every step of both epochs
     np.testing.assert_allclose(angles, np.arctan(0.1), rtol=1e-5)
+
+
+def test_main_job_figure_zoom_numbers_every_layer(tiny_run, tmp_path):
+  """The zoomed row (the main job's figure) labels each line with its layer number."""
+  from examples import plotting
+
+  _, histories = tiny_run
+  fig = plotting.save_comparison_figure(tmp_path / "zoom.png", histories, zoom=True)
+  panels = [ax for ax in fig.axes if ax.get_lines()]
+  assert len(panels) == 2 * len(histories)
+  top, zoomed = panels[: len(histories)], panels[len(histories):]
+  assert all(ax.get_ylim() == (0.0, 1.0) for ax in top)
+  largest = max(max(row) for h in histories.values() for row in h.cosine_distances)
+  for ax in zoomed:
+    assert ax.get_ylim()[1] == pytest.approx(max(1.1 * largest, 1e-3))
+    assert sorted(text.get_text() for text in ax.texts) == ["1", "2", "3"]

@@ -4,10 +4,10 @@ Each notebook is executed top to bottom in a fresh ``python3`` Jupyter kernel (n
 kernel of the running interpreter: ipykernel is in the ``notebooks`` extra), from the
 ``notebooks/`` directory, as a user of a local checkout would run it. Before the run,
 
-* cells tagged ``skip-execution`` are dropped (the Colab install cell, ``%tensorboard``);
-* a cell setting tiny values (:data:`TINY_PARAMETERS`) is inserted right after the cell
-  tagged ``parameters``, the papermill convention, so the notebook's own defaults stay
-  Colab-sized.
+* cells tagged ``skip-execution`` are skipped (the Colab install cell, ``%tensorboard``);
+* a cell setting tiny values (``notebooks/execute.py``'s ``TINY_PARAMETERS``) is inserted
+  right after the cell tagged ``parameters``, the papermill convention, so the notebook's
+  own defaults stay Colab-sized.
 
 A cell that raises fails the test with the cell's traceback.
 """
@@ -15,7 +15,6 @@ A cell that raises fails the test with the cell's traceback.
 from __future__ import annotations
 
 import os
-import pathlib
 
 import pytest
 
@@ -29,63 +28,10 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("flax")
 pytest.importorskip("matplotlib")
 
-NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ("quickstart.ipynb", "paper_tour.ipynb")
+# The tiny settings and the way the notebooks are run are shared with the docs build.
+from notebooks.execute import NOTEBOOKS, executed, read, tags
+
 COLAB_URL = "https://colab.research.google.com/github/layca-optax/layca_optax/blob/main/notebooks/"
-
-#: Inserted after each notebook's ``parameters`` cell: a few steps on a few images.
-TINY_PARAMETERS = {
-    "quickstart.ipynb": """
-TRAIN_IMAGES = 256
-EPOCHS = 1
-BATCH_SIZE = 64
-STAGES = "4,8"
-CONVS_PER_STAGE = 1
-PROGRESS = False
-""",
-    "paper_tour.ipynb": """
-DATA = "synthetic"
-TRAIN_IMAGES = 64
-EPOCHS = 1
-BATCH_SIZE = 16
-STAGES = "4,8"
-CONVS_PER_STAGE = 1
-PROGRESS = False
-LAYCA_RATES = "3^-3"
-ALPHAS = "-0.6,0"  # a list starting with "-" must still parse
-SGD_RATES = "3^-1"
-WEIGHT_DECAYS = "1e-2"
-ADAPTIVE_METHODS = "adam"
-MLP_RATES = "3^-2,3^-4"
-MLP_HIDDEN = 16
-MLP_EPOCHS = 1
-""",
-}
-CELL_TIMEOUT = 600  # seconds, per cell (a loaded CI machine compiles slowly)
-
-
-def read(name: str):
-  return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-
-
-def tags(cell) -> list[str]:
-  return list(cell.get("metadata", {}).get("tags", []))
-
-
-def prepared(name: str):
-  """The notebook as the tests run it: skipped cells dropped, tiny parameters injected."""
-  notebook = read(name)
-  cells = []
-  for cell in notebook.cells:
-    if "skip-execution" in tags(cell):
-      continue
-    cells.append(cell)
-    if "parameters" in tags(cell):
-      cells.append(nbformat.v4.new_code_cell(
-          TINY_PARAMETERS[name].strip(), metadata={"tags": ["injected-parameters"]}
-      ))
-  notebook.cells = cells
-  return notebook
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -111,14 +57,10 @@ def test_notebook_layout(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_with_tiny_settings(name):
-  notebook = prepared(name)
-  client = nbclient.NotebookClient(
-      notebook,
-      kernel_name="python3",
-      timeout=CELL_TIMEOUT,
-      resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-  )
-  client.execute()  # raises CellExecutionError, with the traceback, if a cell fails
+  # Raises CellExecutionError if a cell fails. The executed copy is kept (docs/notebooks/,
+  # which the docs build renders) and reused until the notebook, its settings, the code or
+  # the main packages' versions change: the suite and the docs run each notebook once.
+  notebook = executed(name)
   errors = [
       output for cell in notebook.cells if cell.cell_type == "code"
       for output in cell.outputs if output.get("output_type") == "error"

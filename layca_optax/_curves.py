@@ -272,8 +272,12 @@ class LayerRotationCurves:
       )
     leaves = _layer_leaves(self._plan, params, caller, "params")
     if self._host:  # the same float32 computation, on the host's CPU
-      with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        row = np.asarray(self._distances(jax.device_get(leaves), self._reference))
+      cpu = jax.local_devices(backend="cpu")[0]
+      # NumPy copies: JAX's CPU buffers may alias (and keep alive) the arrays they are
+      # made from, and the caller's may be a whole restored checkpoint.
+      leaves = [np.array(x, copy=True) for x in jax.device_get(leaves)]
+      with jax.default_device(cpu):
+        row = np.asarray(self._distances(leaves, self._reference))
     else:
       row = np.asarray(jax.device_get(self._distances(leaves, self._reference)))
     self._append(int(step), row)

@@ -7,7 +7,7 @@ values (:data:`TINY_PARAMETERS`) is inserted right after the cell tagged ``param
 (the papermill convention), so the notebook's own defaults stay Colab-sized. Cells tagged
 ``skip-execution`` (the Colab install cell, ``%tensorboard``) are kept but not run.
 
-``tests/test_notebooks.py`` runs them this way, and so does the documentation build
+``tests/project/test_notebooks.py`` runs them this way, and so does the documentation build
 (``docs/conf.py``), which renders the executed copies with their figures. Both go through
 :func:`executed`, which keeps the executed copy in ``docs/notebooks/`` (git-ignored) with
 a key of everything the run depends on (the notebook, the settings, the Python files of

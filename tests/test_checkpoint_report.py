@@ -220,31 +220,6 @@ def test_one_named_item_beside_json_is_the_params(tmp_path):
   assert_curves_match(curves, trees)
 
 
-def test_params_sharded_over_eight_devices_are_read_whole_on_the_host(tmp_path, monkeypatch):
-  assert jax.device_count() == 8
-  mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(AxisType.Explicit,) * 2)
-  specs = {"conv": P(None, None, "a", "b"), "dense": P("a", "b"), "bias": P("a")}
-  rng = np.random.default_rng(0)
-  init = {
-      "conv": rng.normal(size=(3, 3, 4, 8)).astype(np.float32),
-      "dense": rng.normal(size=(8, 16)).astype(np.float32),
-      "bias": rng.normal(size=(8,)).astype(np.float32),
-  }
-  host = random_walk(init)
-  sharded = {
-      t: {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in tree.items()}
-      for t, tree in host.items()
-  }
-  assert len(sharded[0]["dense"].sharding.device_set) == 8
-  save_steps(tmp_path / "ck", {t: {"params": tree} for t, tree in sharded.items()})
-  spy = RestoreSpy(monkeypatch)
-  curves = lo.curves_from_checkpoints(tmp_path / "ck")
-  assert_curves_match(curves, host)
-  # Restored as whole host arrays, no sharding needed.
-  assert spy.leaf_types == {np.ndarray}
-  assert spy.leaf_shapes == {(3, 3, 4, 8), (8, 16), (8,)}
-
-
 def test_reference_step_and_steps_subset(tmp_path):
   trees = random_walk(dense_params())
   directory = save_steps(tmp_path / "ck", trees)

@@ -94,16 +94,6 @@ def test_reference_is_a_copy_unaffected_by_donation():
   assert all(v == 0.0 for v in curves.latest().values())
 
 
-def test_device_reference_keeps_the_params_sharding():
-  mesh = jax.make_mesh((4,), ("x",))
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("x"))
-  init = {"w": jax.device_put(jnp.arange(32.0).reshape(8, 4), sharding)}
-  curves = lo.LayerRotationCurves(init, reference_dtype=jnp.bfloat16)
-  assert curves._reference[0].sharding.is_equivalent_to(sharding, 2)
-  curves.record(0, {"w": init["w"] * 2.0})
-  assert curves.latest() == {"w": pytest.approx(0.0, abs=1e-5)}
-
-
 def test_flax_nnx_state():
   nnx = pytest.importorskip("flax.nnx")
 

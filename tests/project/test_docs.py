@@ -5,7 +5,7 @@ a temporary directory: ``-W`` turns every warning into an error, including a
 cross-reference to the public API that does not resolve (the configuration is
 ``nitpicky``), and myst-nb stops the build if a code cell of a page raises. The notebooks
 are executed with the tests' tiny settings through ``notebooks/execute.py``, which reuses
-the run of ``tests/test_notebooks.py`` when nothing changed in between. Then the built HTML
+the run of ``tests/project/test_notebooks.py`` when nothing changed in between. Then the built HTML
 must hold an API entry for every name of ``layca_optax.__all__`` and figures on the
 notebook pages.
 """
@@ -26,7 +26,7 @@ for module in ("sphinx", "myst_nb", "sphinx_book_theme", "nbclient", "flax", "ma
 
 import layca_optax
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 900  # seconds; about 2 to 3 minutes on two CPU cores without the notebooks
 NOTEBOOK_PAGES = ("notebooks/quickstart.html", "notebooks/paper_tour.html")
 

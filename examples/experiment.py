@@ -69,15 +69,23 @@ def format_rate(rate: float) -> str:
   return f"{rate:g}"
 
 
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, out: str, batch_size: int = 128
+) -> argparse.ArgumentParser:
+  """``--batch-size --seed --out --no-progress``: the options of every experiment."""
+  parser.add_argument("--batch-size", type=int, default=batch_size)
+  parser.add_argument("--seed", type=int, default=0, help="initialisation, split, batches")
+  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(out))
+  parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  return parser
+
+
 def add_common_arguments(
     parser: argparse.ArgumentParser, *, epochs: int, out: str, model: bool = True
 ) -> argparse.ArgumentParser:
   """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size."""
   parser.add_argument("--epochs", type=int, default=epochs)
-  parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--seed", type=int, default=0, help="initialisation, split, batches")
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(out))
-  parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  add_run_arguments(parser, out=out)
   data_lib.add_data_arguments(parser)  # --data, --data-dir, --data-limit
   if model:
     parser.add_argument(

@@ -104,7 +104,7 @@ class TransformerLM(nnx.Module):
     ...                       rngs=nnx.Rngs(0))
     >>> model(jnp.zeros((2, 8), jnp.int32)).shape
     (2, 8, 256)
-    >>> model.blocks.q.kernel.value.shape  # (blocks, d_in, d_out): one leaf
+    >>> model.blocks.q.kernel.shape  # (blocks, d_in, d_out): one leaf
     (3, 16, 16)
   """
 

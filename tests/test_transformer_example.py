@@ -23,7 +23,7 @@ from examples import transformer_model as tm  # noqa: E402
 TINY = [
     "--steps", "4", "--d-model", "16", "--heads", "2", "--blocks", "2", "--seq-len", "16",
     "--batch-size", "4", "--eval-windows", "8", "--eval-every", "2",
-    "--text-limit", "20000", "--runs", "adamw,layca-adam", "--no-progress",
+    "--text-limit", "20000", "--runs", "adamw,layca-adam,layca-adam-neuron", "--no-progress",
 ]
 
 
@@ -88,7 +88,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_writes_results_summary_and_figures(tiny_run):
   out, histories = tiny_run
-  assert set(histories) == {"AdamW", "Layca-Adam"}
+  assert set(histories) == {"AdamW", "Layca-Adam", "Layca-Adam per neuron"}
   for name in ("block_rotation.png", "block_rotation_rates.png", "training_curves.png"):
     assert (out / name).read_bytes().startswith(b"\x89PNG")
   assert "| Layca-Adam |" in (out / "summary.md").read_text()
@@ -116,8 +116,10 @@ def test_curves_are_named_per_block_in_forward_order(tiny_run):
 def test_layca_keeps_each_block_kernel_norm_and_rotates_by_arctan_rho(tiny_run):
   _, histories = tiny_run
   layca, adamw = histories["Layca-Adam"], histories["AdamW"]
-  for name, norm in layca.initial_norms.items():
-    assert layca.final_norms[name] == pytest.approx(norm, rel=1e-5), name
+  # Per-neuron Layca keeps every unit's norm, so each block kernel's norm too.
+  for history in (layca, histories["Layca-Adam per neuron"]):
+    for name, norm in history.initial_norms.items():
+      assert history.final_norms[name] == pytest.approx(norm, rel=1e-5), name
   # AdamW (decay and unnormalised steps) does change norms: the check above can fail.
   assert any(
       abs(adamw.final_norms[n] / adamw.initial_norms[n] - 1) > 1e-4

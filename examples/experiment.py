@@ -70,17 +70,13 @@ def format_rate(rate: float) -> str:
   return f"{rate:g}"
 
 
-def add_common_arguments(
-    parser: argparse.ArgumentParser, *, epochs: int, out: str, model: bool = True,
-    checkpoints: bool = False,
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, out: str, batch_size: int = 128
 ) -> argparse.ArgumentParser:
-  """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size;
-  with ``checkpoints``, ``--checkpoint-dir`` (pass it to :func:`run_all`)."""
+  """``--batch-size --seed --out --no-progress``: the options of every experiment."""
   parser.add_argument(
-      "--epochs", type=int, default=epochs, help="epochs of each run (default %(default)s)"
-  )
-  parser.add_argument(
-      "--batch-size", type=int, default=128, help="minibatch size (default %(default)s)"
+      "--batch-size", type=int, default=batch_size,
+      help="minibatch size (default %(default)s)",
   )
   parser.add_argument(
       "--seed", type=int, default=0,
@@ -92,6 +88,19 @@ def add_common_arguments(
       "(default %(default)s)",
   )
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  return parser
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, epochs: int, out: str, model: bool = True,
+    checkpoints: bool = False,
+) -> argparse.ArgumentParser:
+  """``--epochs --batch-size --seed --out --no-progress``, the data options, the CNN's size;
+  with ``checkpoints``, ``--checkpoint-dir`` (pass it to :func:`run_all`)."""
+  parser.add_argument(
+      "--epochs", type=int, default=epochs, help="epochs of each run (default %(default)s)"
+  )
+  add_run_arguments(parser, out=out)
   data_lib.add_data_arguments(parser)  # --data, --data-dir, --data-limit
   if model:
     parser.add_argument(

@@ -57,7 +57,7 @@ html_css_files = ["custom.css"]
 # those to other projects' objects: no intersphinx, since the build uses no network.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(optax|jax|jnp|np|numpy|flax|nnx|chex|matplotlib|collections|typing)\..*"),
+    (r"py:.*", r"(optax|jax|jnp|np|numpy|flax|nnx|chex|matplotlib|collections|typing|pathlib)\..*"),
     (r"py:.*", r"(Any|Callable|Mapping|Sequence|Iterable|NamedTuple|PyTree|Array|ArrayLike)"),
     (r"py:.*", r"(float|int|str|bool|tuple|list|dict|None|object|type)"),
     (r"py:.*", r"(Axes|Figure|ScalarOrSchedule|Schedule|Params|Updates|OptState|Path)"),

@@ -67,7 +67,8 @@ def leaf_paths(tree: Any) -> list[str]:
   ``layer_order``, ``forward_order`` and ``natural_order`` use.
 
   Examples:
-    >>>     >>> from layca_optax import leaf_paths
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import leaf_paths
     >>> leaf_paths({'Dense_0': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}})
     ['Dense_0/bias', 'Dense_0/kernel']
   """
@@ -80,7 +81,8 @@ def leaves_by_path(tree: Any) -> dict[str, Any]:
   Handy to read per-layer results such as ``cosine_distance(...)`` by name.
 
   Examples:
-    >>>     >>> from layca_optax import leaves_by_path
+    >>> import jax.numpy as jnp
+    >>> from layca_optax import leaves_by_path
     >>> leaves_by_path({'a': {'w': 1.0}, 'b': [2.0, None]})
     {'a/w': 1.0, 'b/0': 2.0}
   """

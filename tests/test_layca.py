@@ -206,6 +206,8 @@ def test_zero_gradient_leaves_params_bit_identical(base):
   tx = lo.layca(0.1, base=base)
   updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)
   assert _bits_equal(optax.apply_updates(params, updates), params)
+  # The updates themselves are zero, not just too small to change float32 params.
+  assert not any(np.any(np.asarray(u)) for u in jax.tree.leaves(updates))
 
 
 def test_gradient_parallel_to_weights_leaves_kernels_bit_identical():
@@ -219,6 +221,7 @@ def test_gradient_parallel_to_weights_leaves_kernels_bit_identical():
       new = optax.apply_updates(params, updates)
       for name in KERNELS:
         assert np.array_equal(new[name], params[name]), (name, c)
+        assert not np.any(np.asarray(updates[name])), (name, c)
 
 
 def test_multisteps_zero_updates_leave_params_bit_identical():

@@ -14,8 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import layca_optax as lo
 
@@ -77,6 +75,7 @@ def restore(path, target):
     return checkpointer.restore(path, target)
 
 
+@pytest.mark.slow
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
   tx = make_tx()
   params = init_params()

@@ -22,8 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import layca_optax as lo
 
@@ -105,6 +103,7 @@ def assert_curves_match(curves, params_by_step, reference_step=None):
 # The curves equal cosine_distance, whatever the checkpoint holds.
 
 
+@pytest.mark.slow
 def test_plain_params_match_cosine_distance_in_natural_order(tmp_path):
   trees = random_walk(dense_params())
   curves = lo.curves_from_checkpoints(save_steps(tmp_path / "ck", trees))
@@ -146,6 +145,7 @@ def train_nnx(directory, with_optimizer):
   return saved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_optimizer", [False, True], ids=["state", "with-optimizer"])
 def test_flax_nnx_checkpoints(tmp_path, with_optimizer):
   saved = train_nnx(tmp_path / "ck", with_optimizer)

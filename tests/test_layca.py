@@ -82,6 +82,7 @@ def test_matches_numpy_transcription(base_name, base, alpha):
       )
 
 
+@pytest.mark.slow
 def test_matches_composable_chain():
   params = make_params()
   for base in (None, optax.trace(0.9), optax.scale_by_adam()):
@@ -224,6 +225,7 @@ def test_gradient_parallel_to_weights_leaves_kernels_bit_identical():
         assert not np.any(np.asarray(updates[name])), (name, c)
 
 
+@pytest.mark.slow
 def test_multisteps_zero_updates_leave_params_bit_identical():
   params = make_params()
   tx = optax.MultiSteps(lo.layca(0.1), every_k_schedule=3)

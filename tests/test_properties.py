@@ -62,6 +62,7 @@ def one_step(tx, params, grads):
   return updates, optax.apply_updates(params, updates)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(trees, rates, seeds)
 def test_one_step_keeps_the_norm_turns_by_arctan_rate_orthogonally(leaf_shapes, rate, seed):
@@ -87,6 +88,7 @@ def test_one_step_keeps_the_norm_turns_by_arctan_rate_orthogonally(leaf_shapes, 
     np.testing.assert_allclose(cos, -np.sin(theta / 2), atol=1e-5 + noise)
 
 
+@pytest.mark.slow
 @FEWER
 @given(trees, rates, seeds)
 def test_bfloat16_stays_bfloat16_finite_and_near_the_sphere(leaf_shapes, rate, seed):
@@ -101,6 +103,7 @@ def test_bfloat16_stays_bfloat16_finite_and_near_the_sphere(leaf_shapes, rate, s
     np.testing.assert_allclose(np.linalg.norm(f64(new[k])), np.linalg.norm(f64(w)), rtol=1e-2)
 
 
+@pytest.mark.slow
 @FEWER
 @given(trees, rates, st.floats(-1.0, 1.0), seeds)
 def test_composable_chain_equals_layca(leaf_shapes, rate, alpha, seed):
@@ -119,6 +122,7 @@ def test_composable_chain_equals_layca(leaf_shapes, rate, alpha, seed):
                                atol=1e-6 * np.linalg.norm(f64(w)))
 
 
+@pytest.mark.slow
 @FEWER
 @given(trees, seeds, st.integers(-20, 20))
 def test_cosine_distance_invariants(leaf_shapes, seed, exponent):

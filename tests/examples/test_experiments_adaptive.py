@@ -21,6 +21,8 @@ from flax import nnx  # noqa: E402
 import layca_optax  # noqa: E402
 from examples import adaptcopy, adaptive, experiment, training, warmup  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
+
 TINY_RUN = [
     "--data", "synthetic", "--epochs", "2", "--batch-size", "16",
     "--stages", "4,8", "--convs-per-stage", "1", "--no-progress",

@@ -18,6 +18,8 @@ from flax import nnx  # noqa: E402
 from examples import data as data_lib  # noqa: E402
 from examples import experiment, lars, linen, mlp_features, models, optimizers  # noqa: E402
 
+pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
+
 PNG = b"\x89PNG"
 TINY_DATA = ["--data", "synthetic", "--batch-size", "16", "--no-progress"]
 

@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks import run, trees
 
+pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
+
 
 @pytest.mark.parametrize(
     "builder, leaves, params",

@@ -26,6 +26,8 @@ for module in ("sphinx", "myst_nb", "sphinx_book_theme", "nbclient", "flax", "ma
 
 import layca_optax
 
+pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT = 900  # seconds; about 2 to 3 minutes on two CPU cores without the notebooks
 NOTEBOOK_PAGES = ("notebooks/quickstart.html", "notebooks/paper_tour.html")

@@ -31,6 +31,8 @@ pytest.importorskip("matplotlib")
 # The tiny settings and the way the notebooks are run are shared with the docs build.
 from notebooks.execute import NOTEBOOKS, executed, read, tags
 
+pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
+
 COLAB_URL = "https://colab.research.google.com/github/layca-optax/layca_optax/blob/main/notebooks/"
 
 

@@ -58,6 +58,7 @@ def test_windows_are_next_byte_pairs_and_eval_windows_are_fixed():
     data_lib.random_windows(tokens, 1, 300, np.random.default_rng(0))
 
 
+@pytest.mark.slow
 def test_layers_are_kernels_and_embeddings_one_per_block():
   model = tm.TransformerLM(d_model=8, num_heads=2, num_blocks=3, max_len=4,
                            rngs=nnx.Rngs(0))

@@ -15,8 +15,9 @@ that cheap on trees of many leaves:
   "this group has a rare vector", and all of those inside one cond on "any group has
   one": a common step runs a single cond (on XLA:CPU each executed cond costs ~0.1 ms; 17
   per-layer conds were ~12 % of a Layca step on the 18.4M-parameter benchmark tree). The
-  cond returns one value per leaf, so that the elementwise pass after it reads its
-  coefficients as plain inputs: same-shaped leaves then share one compiled kernel.
+  cond also returns the index at which each stacked leaf reads its group's values, as a
+  run-time value, so that the elementwise passes of a group's leaves share one compiled
+  kernel.
 """
 
 from __future__ import annotations

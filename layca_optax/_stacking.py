@@ -197,8 +197,9 @@ def values_per_leaf(
   # branches give j, by different formulas, so that XLA can neither fold the index nor
   # hoist it out of the cond: the elementwise pass of every leaf of a group is then one
   # kernel, compiled once, instead of one per leaf (a constant index differs per leaf).
-  # Measured on a 244-leaf tree: 15-27 s to compile with constant indices, 6.4 s with
-  # these (BENCHMARKS.md, "Latest").
+  # Measured on a 244-leaf tree on a loaded machine, alternating with the previous code
+  # (3.4-6.2 s): 15-27 s to compile with constant indices, 6.4 s with these
+  # (BENCHMARKS.md, "Latest").
   values, indices = jax.lax.cond(any_rare, exact_branch, common_branch, flag)
   out: list[Any] = [None] * sum(len(g.members) for g in groups)
   for group, value, index in zip(groups, values, indices):

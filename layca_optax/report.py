@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import layca_optax
-from layca_optax import _checkpoints
+from layca_optax import _checkpoints, _plotting
 
 __all__ = ["Report", "first_step_above", "main", "summary_markdown", "write_report"]
 
@@ -148,16 +148,6 @@ def _save_curves(
   path.write_text(json.dumps(data, indent=1))
 
 
-def _require_matplotlib() -> None:
-  try:
-    import matplotlib  # noqa: F401 - checked before the (long) read
-  except ImportError as e:
-    raise ImportError(
-        'The report draws its figure with matplotlib: `pip install '
-        '"layca_optax[checkpoint]"` installs it with orbax and tqdm.'
-    ) from e
-
-
 def write_report(
     directory: str | pathlib.Path,
     out_dir: str | pathlib.Path,
@@ -188,7 +178,7 @@ def write_report(
   Returns:
     A :class:`Report`.
   """
-  _require_matplotlib()
+  _plotting._matplotlib("layca_optax.report")  # checked before the (long) read
   curves, skipped, info = _checkpoints.read_curves(
       directory, params_path=params_path, reference_step=reference_step, mask=mask,
       layer_order=layer_order, rotation_axes=rotation_axes, steps=steps,

@@ -5,14 +5,32 @@ in ``tests/multidevice/`` need eight simulated CPU devices, which must be config
 JAX starts: ``tests/test_multidevice.py`` runs them in a pytest process of their own (so a
 crash inside XLA fails one test instead of taking a worker down). To run them directly:
 ``LAYCA_TEST_DEVICES=8 python -m pytest tests/multidevice``.
+
+Compilation dominates the suite's time (most tests jit their own small steps), and many
+tests compile the same programs again (a new optimizer object gives a new Python function,
+but the same XLA program). Each pytest process therefore keeps JAX's persistent
+compilation cache in a temporary directory of its own, removed at exit: a program compiled
+twice in one process is compiled once. Measured on 2 cores, ``pytest -m "not slow"``: 197 s
+without, 157 s with. The directory is never shared between processes (JAX writes its
+entries without a lock unless eviction is on) nor kept between runs, so every run still
+compiles everything it runs at least once.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="layca-tests-jax-cache-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 DEVICES = int(os.environ.get("LAYCA_TEST_DEVICES", "1"))
 if DEVICES > 1:

@@ -1,9 +1,11 @@
 """Multi-process (multi-host) tests: several JAX processes on this machine, one mesh.
 
-Each test starts its own processes (``python -m tests.multihost.worker SCENARIO``,
-through ``examples.multihost.launch_processes``): 2 processes of 4 simulated CPU devices
-(2 of 2 for ``pmap``), joined over 127.0.0.1 by ``jax.distributed`` with gloo CPU
-collectives. So the devices of this pytest process do not matter, a crash inside XLA
+The scenarios run in processes of their own (``python -m tests.multihost.worker
+SCENARIO...``, through ``examples.multihost.launch_processes``): 2 processes of 4 simulated
+CPU devices (2 of 2 for ``pmap``), joined over 127.0.0.1 by ``jax.distributed`` with gloo
+CPU collectives. Scenarios that share a process layout share one launch (a module-scoped
+fixture; starting JAX in the processes is most of a scenario's cost), and each test
+asserts on its own scenario's results; a checkpoint is restored in fresh processes. So the devices of this pytest process do not matter, a crash inside XLA
 takes down a child and not the pytest worker, and a hung collective is stopped by the
 timeout and fails the test with every process's output.
 
@@ -12,8 +14,9 @@ runs on several hosts (each process maps over its local devices, collectives spa
 them), and it keeps them independent of the device count that ``tests/conftest.py`` gives
 the pytest process.
 
-Run them alone with ``python -m pytest tests/multihost -n 0`` (14 tests, 2 min 48 s on 2
-cores shared with other jobs; ``-m "not slow"``: the launcher's own 6 tests, 5-7 s).
+Run them alone with ``python -m pytest tests/multihost -n 0`` (14 tests in 6 launches, 66 s
+on 2 quiet cores; 2 min 48 s in 10 launches before the scenarios shared them;
+``-m "not slow"``: the launcher's own 6 tests, a few seconds).
 """
 
 from __future__ import annotations
@@ -56,23 +59,34 @@ def launch(commands, timeout=TIMEOUT_S):
       pytest.fail(f"{failure}\n{outputs}", pytrace=False)
 
 
-def run_scenario(scenario, *, processes=2, cpu_devices=4, extra=()):
-  """Runs ``scenario`` in ``processes`` processes; returns each one's ``RESULT`` dict."""
+def run_scenarios(*scenarios, processes=2, cpu_devices=4, extra=()):
+  """Runs ``scenarios`` one after the other in the same ``processes`` processes.
+
+  Returns ``{scenario: [each process's RESULT dict]}``.
+  """
   port = multihost.free_port()
   commands = [
-      [sys.executable, "-m", "tests.multihost.worker", scenario,
+      [sys.executable, "-m", "tests.multihost.worker", *scenarios,
        "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
        "--process-id", str(i), "--cpu-devices", str(cpu_devices), *extra]
       for i in range(processes)
   ]
   outputs = launch(commands)
-  results = []
+  results = {scenario: [] for scenario in scenarios}
   for output in outputs:
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
-    assert len(lines) == 1, f"expected one RESULT line in:\n{output}"
-    results.append(json.loads(lines[0].removeprefix("RESULT ")))
-  assert [r.pop("process") for r in results] == list(range(processes))
+    found = [json.loads(line.removeprefix("RESULT ")) for line in lines]
+    assert [r.pop("scenario") for r in found] == list(scenarios), output
+    for scenario, result in zip(scenarios, found):
+      results[scenario].append(result)
+  for per_process in results.values():
+    assert [r.pop("process") for r in per_process] == list(range(processes))
   return results
+
+
+def run_scenario(scenario, **kwargs):
+  """Runs one scenario; returns each process's ``RESULT`` dict."""
+  return run_scenarios(scenario, **kwargs)[scenario]
 
 
 def assert_all_processes_agree(results):
@@ -148,9 +162,23 @@ def test_launcher_stops_every_process_on_sigterm(tmp_path):
 # -- multi-process scenarios (slow: each starts JAX in 2 processes) ------------------------
 
 
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("multihost-checkpoint")
+
+
+@pytest.fixture(scope="module")
+def two_by_four(checkpoint_dir):
+  """The scenarios on 2 processes of 4 devices, one launch; the checkpoint saved last."""
+  return run_scenarios(
+      "data_parallel", "model_parallel", "shard_map_axis_name", "checkpoint",
+      extra=["--out", str(checkpoint_dir), "--phase", "save"],
+  )
+
+
 @pytest.mark.slow
-def test_data_parallel_across_processes_matches_one_device():
-  results = run_scenario("data_parallel")
+def test_data_parallel_across_processes_matches_one_device(two_by_four):
+  results = two_by_four["data_parallel"]
   assert_all_processes_agree(results)
   result = results[0]
   assert result["relative_difference"] < TOLERANCE
@@ -159,8 +187,8 @@ def test_data_parallel_across_processes_matches_one_device():
 
 
 @pytest.fixture(scope="module")
-def model_parallel():
-  results = run_scenario("model_parallel")
+def model_parallel(two_by_four):
+  results = two_by_four["model_parallel"]
   assert_all_processes_agree(results)
   return results[0]
 
@@ -183,8 +211,8 @@ def test_rotation_measures_on_trees_sharded_across_processes(model_parallel):
 
 
 @pytest.mark.slow
-def test_shard_map_with_axis_name_across_processes_equals_the_global_result():
-  results = run_scenario("shard_map_axis_name")
+def test_shard_map_with_axis_name_across_processes_equals_the_global_result(two_by_four):
+  results = two_by_four["shard_map_axis_name"]
   assert_all_processes_agree(results)
   result = results[0]
   assert result["with_axis_name"] < TOLERANCE and result["distance"] < TOLERANCE
@@ -193,9 +221,11 @@ def test_shard_map_with_axis_name_across_processes_equals_the_global_result():
 
 
 @pytest.mark.slow
-def test_checkpoint_saved_by_two_processes_restores_in_one_two_and_four(tmp_path):
-  out = ["--out", str(tmp_path)]
-  run_scenario("checkpoint", extra=[*out, "--phase", "save"])
+def test_checkpoint_saved_by_two_processes_restores_in_one_two_and_four(
+    two_by_four, checkpoint_dir
+):
+  tmp_path, out = checkpoint_dir, ["--out", str(checkpoint_dir)]
+  assert all(r["phase"] == "save" and r["specs_kept"] for r in two_by_four["checkpoint"])
   saved = np.load(tmp_path / "state_save_2.npz")
   final = np.load(tmp_path / "final_save_2.npz")
   for processes, devices in ((2, 4), (1, 8), (4, 2)):  # always a 2x4 mesh
@@ -217,9 +247,15 @@ def test_checkpoint_saved_by_two_processes_restores_in_one_two_and_four(tmp_path
         np.testing.assert_allclose(continued[name], final[name], rtol=0, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def pmap_runs():
+  """Both pmap scenarios on 2 processes of 2 devices, one launch."""
+  return run_scenarios("pmap_data_parallel", "pmap_axis_name", cpu_devices=2)
+
+
 @pytest.mark.slow
-def test_pmap_replicated_params_and_its_shard_map_replacement():
-  results = run_scenario("pmap_data_parallel", cpu_devices=2)
+def test_pmap_replicated_params_and_its_shard_map_replacement(pmap_runs):
+  results = pmap_runs["pmap_data_parallel"]
   assert_all_processes_agree(results)
   result = results[0]
   assert result["pmap"] < TOLERANCE and result["replicas_equal"]
@@ -231,8 +267,8 @@ def test_pmap_replicated_params_and_its_shard_map_replacement():
 
 
 @pytest.mark.slow
-def test_pmap_with_every_leaf_split_and_axis_name_equals_the_global_result():
-  results = run_scenario("pmap_axis_name", cpu_devices=2)
+def test_pmap_with_every_leaf_split_and_axis_name_equals_the_global_result(pmap_runs):
+  results = pmap_runs["pmap_axis_name"]
   for result in results:  # each process checks its own devices' slices
     assert result["with_axis_name"] < TOLERANCE
     assert result["without_axis_name"] > 1e-2

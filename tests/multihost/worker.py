@@ -1,9 +1,10 @@
-"""One process of a multi-process test: ``python -m tests.multihost.worker SCENARIO ...``.
+"""One process of a multi-process test: ``python -m tests.multihost.worker SCENARIO [...]``.
 
 ``test_multihost.py`` starts this module in N processes (``examples.multihost.
-launch_processes``); they join over 127.0.0.1 with gloo CPU collectives, run one scenario
-on a mesh that spans them, and each prints one line ``RESULT {json}`` with what it
-measured. The tests make their assertions on those numbers, so a wrong result fails the
+launch_processes``); they join over 127.0.0.1 with gloo CPU collectives, run the given
+scenarios one after the other on meshes that span them (one start of JAX in every process
+for several scenarios: starting the processes is most of a scenario's cost), and each
+process prints one line ``RESULT {json}`` per scenario with what it measured. The tests make their assertions on those numbers, so a wrong result fails the
 test with every process's output, and a hang is stopped by the launcher's timeout.
 
 The expected values are computed in each process on one of its own devices, from the
@@ -38,9 +39,10 @@ SHAPES = {"conv": (3, 3, 4, 8), "dense": (8, 6), "head": (6, 5), "bias": (4,)}
 SPECS = {"conv": P(None, None, "x", "y"), "dense": P("x", None), "head": P(), "bias": P("y")}
 
 
-def emit(**values) -> None:
-  """Prints this process's result for the test to read."""
-  print("RESULT " + json.dumps({"process": jax.process_index(), **values}), flush=True)
+def emit(scenario: str, values: dict) -> None:
+  """Prints this process's result of ``scenario`` for the test to read."""
+  print("RESULT " + json.dumps({"process": jax.process_index(), "scenario": scenario,
+                                **values}), flush=True)
 
 
 def random_tree(shapes, seed):
@@ -123,7 +125,7 @@ def mlp_train(params, batches, tx):
   return params
 
 
-def data_parallel(args) -> None:
+def data_parallel(args) -> dict:
   """Params replicated on every device of every process, the global batch split."""
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   params = random_tree({"dense_0": (16, 32), "bias_0": (32,), "dense_1": (32, 4)}, 0)
@@ -137,7 +139,7 @@ def data_parallel(args) -> None:
   on_mesh = [(multihost.global_batch(split, x), multihost.global_batch(split, y))
              for x, y in batches]
   got = jax.jit(lambda p, b: mlp_train(p, b, make_tx()))(replicated, on_mesh)
-  emit(
+  return dict(
       relative_difference=relative_difference(to_host(got), expected),
       rows_per_process=on_mesh[0][0].addressable_data(0).shape[0] * jax.local_device_count(),
       replicated=all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(got)),
@@ -145,7 +147,7 @@ def data_parallel(args) -> None:
   )
 
 
-def model_parallel(args) -> None:
+def model_parallel(args) -> dict:
   """Kernels split across processes on a 2-D mesh, updated under ``jit``; then measured
   there: ``cosine_distance``, ``rotation_angle``, ``measure_rotation``, the curves."""
   mesh = mesh_2d()
@@ -167,7 +169,7 @@ def model_parallel(args) -> None:
   curves.record(0, start)
   curves.record(STEPS, got)
   expected_distance = expected_measures["distance"]
-  emit(
+  return dict(
       relative_difference=relative_difference(to_host(got), expected),
       specs_kept=same_shardings(got, mesh, SPECS),
       momentum_specs_kept=same_shardings(momentum, mesh, SPECS),
@@ -182,7 +184,7 @@ def model_parallel(args) -> None:
   )
 
 
-def shard_map_axis_name(args) -> None:
+def shard_map_axis_name(args) -> dict:
   """Layca inside ``jax.shard_map`` with ``axis_name``: each device sees its slice only."""
   mesh = mesh_2d()
   params = random_tree(SHAPES, 0)
@@ -207,7 +209,7 @@ def shard_map_axis_name(args) -> None:
     results[name] = relative_difference(to_host(got[0]), expected[0])
     if axis_name is not None:
       results["distance"] = relative_difference(to_host(got[1]), expected[1])
-  emit(**results)
+  return results
 
 
 CHECKPOINT_SPECS = {"conv": P(None, None, "x", "y"), "dense": P("x", "y"), "bias": P("y")}
@@ -228,7 +230,7 @@ def checkpoint_steps(params, state, noises):
   return params, state
 
 
-def checkpoint(args) -> None:
+def checkpoint(args) -> dict:
   """``--phase save``: 3 steps, save, 3 more; ``--phase restore``: restore, the same 3.
 
   Process 0 writes, as ``.npz`` files in ``--out`` for the test to compare: the state
@@ -255,7 +257,7 @@ def checkpoint(args) -> None:
   if jax.process_index() == 0:
     np.savez(args.out / f"state_{args.phase}_{jax.process_count()}.npz", *saved_or_restored)
     np.savez(args.out / f"final_{args.phase}_{jax.process_count()}.npz", **final)
-  emit(
+  return dict(
       phase=args.phase,
       processes=jax.process_count(),
       specs_kept=same_shardings(params, mesh, CHECKPOINT_SPECS),
@@ -266,7 +268,7 @@ def checkpoint(args) -> None:
 # -- pmap and its replacement -------------------------------------------------------------
 
 
-def pmap_data_parallel(args) -> None:
+def pmap_data_parallel(args) -> dict:
   """The classic ``pmap`` step (params replicated, ``pmean`` of the gradients, ``layca``
   without ``axis_name``), its ``jit`` + ``shard_map`` replacement, and one device."""
   params = random_tree({"dense_0": (16, 32), "bias_0": (32,), "dense_1": (32, 4)}, 0)
@@ -325,7 +327,7 @@ def pmap_data_parallel(args) -> None:
     for x, y in on_mesh:
       s_params, s_state = sharded_step(s_params, s_state, x, y)
     replacements[name] = to_host(s_params)
-  emit(
+  return dict(
       pmap=relative_difference(pmapped, expected),
       **{name: relative_difference(r, expected) for name, r in replacements.items()},
       pmap_vs_shard_map_pmap_body=relative_difference(
@@ -337,7 +339,7 @@ def pmap_data_parallel(args) -> None:
   )
 
 
-def pmap_axis_name(args) -> None:
+def pmap_axis_name(args) -> dict:
   """Each leaf split over the pmapped axis, ``layca(axis_name=...)`` inside ``pmap``."""
   devices = jax.device_count()
   shapes = {"conv": (3, 3, 4, 2 * devices), "dense": (devices, 6), "bias": (devices,)}
@@ -365,7 +367,7 @@ def pmap_axis_name(args) -> None:
     mine = global_from(jax.tree.map(np.asarray, got))  # this process's columns only
     expected_mine = global_from(my_slices(expected))
     results[name] = relative_difference(mine, expected_mine)
-  emit(**results)
+  return results
 
 
 SCENARIOS = {
@@ -377,7 +379,7 @@ SCENARIOS = {
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("scenario", choices=sorted(SCENARIOS))
+  parser.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS))
   parser.add_argument("--coordinator", required=True)
   parser.add_argument("--num-processes", type=int, required=True)
   parser.add_argument("--process-id", type=int, required=True)
@@ -391,7 +393,8 @@ def main() -> None:
     )
   else:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
-  SCENARIOS[args.scenario](args)
+  for name in args.scenarios:
+    emit(name, SCENARIOS[name](args))
 
 
 if __name__ == "__main__":

@@ -206,6 +206,7 @@ def test_without_a_guard_a_non_finite_gradient_poisons_that_layer(value):
   assert not np.all(np.isfinite(state[0].trace["w"]))
 
 
+@pytest.mark.slow
 def test_apply_if_finite_skips_the_bad_step_and_training_goes_on():
   params = {"w": kernel(), "v": kernel(1), "bias": np.ones(3, np.float32)}
   tx = optax.apply_if_finite(lo.layca(RATE, base=optax.trace(0.9)), max_consecutive_errors=3)

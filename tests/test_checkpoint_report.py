@@ -175,6 +175,7 @@ LINEN_LAYOUTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LINEN_LAYOUTS))
 def test_flax_linen_checkpoints(tmp_path, layout):
   make_tree, composite, params_path = LINEN_LAYOUTS[layout]

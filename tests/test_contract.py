@@ -68,6 +68,18 @@ CASES = {
     "chain-adam-alpha0.5": _chain_case("adam", 0.5),
 }
 
+# Each case compiles its own steps (1-2 s a test on 2 cores). The fast loop
+# (``pytest -m "not slow"``) runs three: plain Layca, Layca over Adam with layer-wise rates,
+# and the composable chain; CI runs every case.
+FAST_CASES = ("layca-sgd-alpha0.0", "layca-adam-alpha0.5", "chain-adam-alpha0.5")
+
+
+def _params(names, fast):
+  return [pytest.param(n, marks=() if n in fast else pytest.mark.slow) for n in names]
+
+
+CASE_PARAMS = _params(CASES, FAST_CASES)
+
 # ------------------------------------------------------------------------------------
 # A small tanh network and a teacher with the same kernel norms: Layca keeps the norms
 # of the student's kernels, so the teacher's function is reachable.
@@ -160,7 +172,7 @@ def _step_fn(tx):
 # The contract, for every optimizer.
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASE_PARAMS)
 def test_compiles_once_and_state_types_are_stable(name):
   tx = CASES[name].make(LR)
   traces = []
@@ -185,7 +197,7 @@ def test_compiles_once_and_state_types_are_stable(name):
   assert _shapes_dtypes(params2) == _shapes_dtypes(STUDENT)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASE_PARAMS)
 def test_eval_shape_of_init_matches_init(name):
   tx = CASES[name].make(LR)
   abstract = jax.eval_shape(tx.init, STUDENT)
@@ -194,7 +206,7 @@ def test_eval_shape_of_init_matches_init(name):
   assert jax.tree.map(lambda x: (x.shape, x.dtype), abstract) == _shapes_dtypes(concrete)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASE_PARAMS)
 def test_one_step_on_a_mixed_tree(name):
   """Kernels rotate by arctan(rho_l) on their sphere; 1-D leaves get -lr * base step."""
   case = CASES[name]
@@ -223,7 +235,7 @@ def test_one_step_on_a_mixed_tree(name):
     )
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASE_PARAMS)
 def test_converges_on_a_teacher_student_problem(name):
   steps = 300
   tx = CASES[name].make(optax.cosine_decay_schedule(LR, steps))
@@ -253,7 +265,7 @@ def test_converges_on_a_teacher_student_problem(name):
     )
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASE_PARAMS)
 def test_bfloat16_in_bfloat16_out(name):
   tx = CASES[name].make(LR)
   params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), STUDENT)
@@ -290,7 +302,7 @@ def test_bfloat16_in_bfloat16_out(name):
     )
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", CASE_PARAMS)
 def test_multi_steps_accumulates_then_takes_one_step(name):
   case = CASES[name]
   tx = optax.MultiSteps(case.make(LR), every_k_schedule=3)
@@ -320,8 +332,11 @@ def test_multi_steps_accumulates_then_takes_one_step(name):
 # inject_hyperparams
 
 
-@pytest.mark.parametrize("base_name", ["sgd", "momentum", "adam"])
-@pytest.mark.parametrize("alpha", [0.0, 0.5])
+@pytest.mark.parametrize(
+    "base_name, alpha",
+    [pytest.param(b, a, marks=() if (b, a) in (("sgd", 0.0), ("adam", 0.5)) else pytest.mark.slow)
+     for b in ("sgd", "momentum", "adam") for a in (0.0, 0.5)],
+)
 def test_inject_hyperparams_matches_the_direct_call(base_name, alpha):
   base = BASES[base_name]
   injected = optax.inject_hyperparams(lo.layca)(

@@ -191,6 +191,7 @@ def test_linen_train_state_trains_and_keeps_kernel_norms():
   assert not np.array_equal(state.params["Dense_1"]["bias"], params["Dense_1"]["bias"])
 
 
+@pytest.mark.slow
 def test_nnx_accepts_a_plain_dict_mask():
   # A dict prefix mask for an NNX State: only 'mid' is a layer; 'stem' and 'head' kernels
   # take plain -lr * gradient steps.

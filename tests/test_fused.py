@@ -45,7 +45,9 @@ def assert_close(actual, expected):
     np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("alpha", [0.0, -0.5, 0.7])
+@pytest.mark.parametrize(
+    "alpha", [pytest.param(0.0, marks=pytest.mark.slow), -0.5, pytest.param(0.7, marks=pytest.mark.slow)]
+)
 def test_grouped_leaves_match_the_chain(alpha):
   params = many_layers()
   grads = jax.tree.map(lambda x: np.float32(0.1) * x[::-1] + 0.3, params)
@@ -53,6 +55,7 @@ def test_grouped_leaves_match_the_chain(alpha):
                step(chain(0.1, alpha), params, grads))
 
 
+@pytest.mark.slow
 def test_grouping_is_the_same_as_leaf_by_leaf(monkeypatch):
   params = many_layers(1)
   grads = jax.tree.map(lambda x: np.cos(3 * x), params)

@@ -282,7 +282,7 @@ def test_no_warning_under_jit_or_eval_shape():
   assert shapes[1].initial_norms["dense"].dtype == jnp.float32
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)])
 def test_low_precision_params_give_low_precision_updates(dtype):
   params = jax.tree.map(lambda x: jnp.asarray(x, dtype), make_params())
   grads = jax.tree.map(lambda x: jnp.asarray(x, dtype), gradient_sequence(params, 1)[0])

@@ -56,7 +56,8 @@ def _train(tx, params, steps=STEPS, key=jax.random.key(1), measured=True):
 
 @pytest.mark.parametrize(
     "base",
-    [optax.adam(1e-2), optax.sgd(0.05, momentum=0.9), lo.layca(0.05)],
+    [pytest.param(optax.adam(1e-2), marks=pytest.mark.slow), optax.sgd(0.05, momentum=0.9),
+     lo.layca(0.05)],
     ids=["adam", "sgd", "layca"],
 )
 def test_angles_equal_numpy_float64_angles_of_consecutive_params(base, key):
@@ -195,6 +196,7 @@ def test_nnx_optimizer_state_is_read(key):
 # -- AdaptCopy ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_replaying_adam_rotates_every_kernel_by_the_recorded_angle(key):
   params = _params(key)
   _, adam_rates, _ = _train(optax.chain(optax.adam(3e-2), lo.measure_rotation()), params)

@@ -72,6 +72,7 @@ def test_recorded_curves_plot_and_save_a_png(tmp_path):
   assert len(ax.lines) == 3
 
 
+@pytest.mark.slow
 def test_plotting_needs_no_pyplot():
   # Without pyplot no backend is ever selected or switched (matplotlib.get_backend() would
   # itself import pyplot, so the check is on sys.modules).

@@ -57,6 +57,7 @@ KERNELS = {"blocks": {"linear": {"bias": False, "kernel": True}}, "head": {"bias
                                                                         "kernel": True}}
 
 
+@pytest.mark.slow
 def test_stacked_layer_axes_in_a_dict_prefix_of_an_nnx_state():
   model = Stacked(nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)

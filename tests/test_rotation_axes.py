@@ -37,7 +37,7 @@ def _run(tx, params, grads_seq):
   return params, state
 
 
-@pytest.mark.parametrize("make", ["layca", "chain"])
+@pytest.mark.parametrize("make", ["layca", pytest.param("chain", marks=pytest.mark.slow)])
 def test_stacked_leaf_equals_separate_leaves(make):
   separate = _rng_tree(SEPARATE)
   grads = [_rng_tree(SEPARATE, seed=1 + t) for t in range(4)]
@@ -142,6 +142,7 @@ class _ScannedNet(nn.Module):
     return nn.Dense(3, use_bias=False, name="head")(x)
 
 
+@pytest.mark.slow
 def test_scanned_flax_model_trains_with_per_block_alpha():
   model = _ScannedNet()
   x = jax.random.normal(jax.random.key(0), (64, 4))

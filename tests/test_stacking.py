@@ -123,6 +123,7 @@ def test_grouped_measure_rotation_equals_leaf_by_leaf_and_keeps_the_updates(monk
     )
 
 
+@pytest.mark.slow
 def test_grouped_layers_equal_leaf_by_leaf_also_when_dtypes_split_a_group(monkeypatch):
   # Gradients of mixed dtypes split a class of same-shaped layers into two groups.
   params = many_small_leaves(4)

@@ -44,7 +44,6 @@ def key():
   return jax.random.key(0)
 
 
-
 def pytest_collection_modifyitems(items):
   """Runs the end-to-end files (half their tests or more ``slow``) first, the docs build last
   of them.

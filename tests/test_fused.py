@@ -46,7 +46,8 @@ def assert_close(actual, expected):
 
 
 @pytest.mark.parametrize(
-    "alpha", [pytest.param(0.0, marks=pytest.mark.slow), -0.5, pytest.param(0.7, marks=pytest.mark.slow)]
+    "alpha",
+    [pytest.param(0.0, marks=pytest.mark.slow), -0.5, pytest.param(0.7, marks=pytest.mark.slow)],
 )
 def test_grouped_leaves_match_the_chain(alpha):
   params = many_layers()

@@ -3,8 +3,8 @@
 For every layer with a non-degenerate tangent step, one step keeps the norm, turns the
 weights by exactly ``arctan(rate)`` and moves them (almost) orthogonally to themselves;
 nothing is ever NaN; bf16 in gives bf16 out; the composable chain equals the fused
-optimizer; cosine distances are symmetric, scale-free and in [0, 2]. Values are float64 NumPy measurements of the
-float32 results.
+optimizer; cosine distances are symmetric, scale-free and in [0, 2]. Values are float64
+NumPy measurements of the float32 results.
 """
 
 from __future__ import annotations

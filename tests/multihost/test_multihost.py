@@ -5,9 +5,10 @@ SCENARIO...``, through ``examples.multihost.launch_processes``): 2 processes of 
 CPU devices (2 of 2 for ``pmap``), joined over 127.0.0.1 by ``jax.distributed`` with gloo
 CPU collectives. Scenarios that share a process layout share one launch (a module-scoped
 fixture; starting JAX in the processes is most of a scenario's cost), and each test
-asserts on its own scenario's results; a checkpoint is restored in fresh processes. So the devices of this pytest process do not matter, a crash inside XLA
-takes down a child and not the pytest worker, and a hung collective is stopped by the
-timeout and fails the test with every process's output.
+asserts on its own scenario's results; a checkpoint is restored in fresh processes. So the
+devices of this pytest process do not matter, a crash inside XLA takes down a child and
+not the pytest worker, and a hung collective is stopped by the timeout and fails the tests
+that need it with every process's output.
 
 The ``pmap`` tests run in subprocesses too, across two processes: that is how ``pmap``
 runs on several hosts (each process maps over its local devices, collectives span all of

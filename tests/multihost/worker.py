@@ -4,8 +4,9 @@
 launch_processes``); they join over 127.0.0.1 with gloo CPU collectives, run the given
 scenarios one after the other on meshes that span them (one start of JAX in every process
 for several scenarios: starting the processes is most of a scenario's cost), and each
-process prints one line ``RESULT {json}`` per scenario with what it measured. The tests make their assertions on those numbers, so a wrong result fails the
-test with every process's output, and a hang is stopped by the launcher's timeout.
+process prints one line ``RESULT {json}`` per scenario with what it measured. The tests
+make their assertions on those numbers, so a wrong result fails the test with every
+process's output, and a hang is stopped by the launcher's timeout.
 
 The expected values are computed in each process on one of its own devices, from the
 same host data: nothing but the global computation crosses processes.

@@ -13,13 +13,10 @@ pytest.importorskip("tqdm")
 
 from examples import data as data_lib  # noqa: E402
 from examples import mnist  # noqa: E402
+from tests.examples import TINY_RUN  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
 
-TINY_RUN = [
-    "--data", "synthetic", "--epochs", "1", "--batch-size", "16",
-    "--stages", "4,8", "--convs-per-stage", "1", "--no-progress",
-]
 
 
 @pytest.fixture(scope="module")

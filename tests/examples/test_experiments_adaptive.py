@@ -20,13 +20,11 @@ from flax import nnx  # noqa: E402
 
 import layca_optax  # noqa: E402
 from examples import adaptcopy, adaptive, experiment, training, warmup  # noqa: E402
+from tests.examples import TINY_CNN, TINY_DATA  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
 
-TINY_RUN = [
-    "--data", "synthetic", "--epochs", "2", "--batch-size", "16",
-    "--stages", "4,8", "--convs-per-stage", "1", "--no-progress",
-]
+TINY_RUN = [*TINY_DATA, "--epochs", "2", *TINY_CNN]
 LAYERS = ["convs/0/kernel", "convs/1/kernel", "classifier/kernel"]
 STEPS = 2 * 4  # 2 epochs of 64 images in batches of 16
 

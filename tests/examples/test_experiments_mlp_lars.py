@@ -17,11 +17,10 @@ from flax import nnx  # noqa: E402
 
 from examples import data as data_lib  # noqa: E402
 from examples import experiment, lars, linen, mlp_features, models, optimizers  # noqa: E402
+from tests.examples import PNG, TINY_CNN, TINY_DATA  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
 
-PNG = b"\x89PNG"
-TINY_DATA = ["--data", "synthetic", "--batch-size", "16", "--no-progress"]
 
 
 def _norm(x) -> float:
@@ -136,7 +135,7 @@ def test_linen_loop_updates_the_batch_norm_statistics():
 def lars_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("lars")
   histories = lars.main([
-      *TINY_DATA, "--epochs", "2", "--stages", "4,8", "--convs-per-stage", "1",
+      *TINY_DATA, "--epochs", "2", *TINY_CNN,
       "--out", str(out),
   ])
   return out, histories

@@ -15,14 +15,10 @@ pytest.importorskip("tqdm")
 from examples import rate_configurations as rc  # noqa: E402
 from examples import training  # noqa: E402
 from examples import weight_decay as wd  # noqa: E402
+from tests.examples import PNG, TINY_RUN  # noqa: E402
 
 pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
 
-TINY_RUN = [
-    "--data", "synthetic", "--epochs", "1", "--batch-size", "16",
-    "--stages", "4,8", "--convs-per-stage", "1", "--no-progress",
-]
-PNG = b"\x89PNG"
 
 
 def history(finals, accuracy=0.5):

@@ -15,7 +15,7 @@ runs on several hosts (each process maps over its local devices, collectives spa
 them), and it keeps them independent of the device count that ``tests/conftest.py`` gives
 the pytest process.
 
-Run them alone with ``python -m pytest tests/multihost -n 0`` (14 tests in 6 launches, 66 s
+Run them alone with ``python -m pytest tests/multihost -n 0`` (14 tests in 6 launches, 68 s
 on 2 quiet cores; 2 min 48 s in 10 launches before the scenarios shared them;
 ``-m "not slow"``: the launcher's own 6 tests, a few seconds).
 """

@@ -14,7 +14,7 @@ from layca_optax._curves import (
     init_curve_buffer,
     record_curve,
 )
-from layca_optax._layca import LaycaState, layca
+from layca_optax._layca import LaycaState, ScaleByLaycaState, layca, scale_by_layca
 from layca_optax._logging import rotation_scalars
 from layca_optax._measure import (
     MeasureRotationState,
@@ -54,6 +54,7 @@ __all__ = [
     "PARALLEL_RTOL",
     "PerLeafRates",
     "ProjectToSphereState",
+    "ScaleByLaycaState",
     "ScaleByLayerRatesState",
     "alpha_multipliers",
     "cosine_distance",
@@ -77,6 +78,7 @@ __all__ = [
     "rotation_angle",
     "rotation_rates",
     "rotation_scalars",
+    "scale_by_layca",
     "scale_by_layer_rates",
     "stacked_layer_axes",
     "whole_leaf_axes",

@@ -1,35 +1,31 @@
-r"""``layca``: the whole algorithm on top of any base optimizer, fused per layer.
+r"""Layca: ``scale_by_layca`` (Algorithm 1 of the paper, one layer at a time) and ``layca``.
 
-Algorithm 1 of the paper, for a layer with weights :math:`w`, initial norm
-:math:`\|w_0\|`, rate :math:`\rho_l` and the base optimizer's step :math:`s`:
-
-.. math::
-  p = s - k w,\quad k = \frac{s \cdot w}{w \cdot w}; \qquad
-  w' = \gamma\,(w - \beta p),\quad \beta = \frac{\rho_l \|w\|}{\|p\|},\quad
-  \gamma = \frac{\|w_0\|}{\|w - \beta p\|}.
-
-The chain of the four composable transforms reads each layer once per operation and once
-per norm. Here each layer needs only three sums (:math:`w \cdot w`, :math:`s \cdot w`,
-:math:`s \cdot s`) and one elementwise pass, using two identities:
-
-* :math:`\|p\|^2 = s \cdot s - k\, (s \cdot w)`;
-* :math:`p \perp w` and :math:`\|\beta p\| = \rho_l \|w\|`, so
-  :math:`\|w - \beta p\| = \|w\| \sqrt{1 + \rho_l^2}`.
-
-The update is then two scalars per layer times the two arrays:
+For a layer with weights :math:`w`, initial norm :math:`\|w_0\|`, rate :math:`\rho_l(t)` and
+the step :math:`s` of a base optimizer (Carbonnelle & De Vleeschouwer, 2019, Algorithm 1):
 
 .. math::
-  u = w' - w = a\, w + b\, s, \qquad a = \gamma (1 + \beta k) - 1, \qquad b = -\gamma \beta.
+  p &= s - k\, w, \quad k = \frac{s \cdot w}{w \cdot w}
+      && \text{1: tangent to the sphere} \\
+  \hat s &= p\, \|w\| / \|p\| && \text{2: rotation-based normalisation} \\
+  w' &= w - \rho_l(t)\, \hat s && \text{3: descent step} \\
+  w' &\leftarrow w'\, \|w_0\| / \|w'\| && \text{4: back to the initial sphere}
 
-When :math:`s` is nearly parallel to :math:`w` (:math:`\|p\|^2 < 10^{-2}\, s \cdot s`,
-``_numerics.NEARLY_PARALLEL``) the difference :math:`s \cdot s - k\,(s \cdot w)` cancels in
-float32; those layers take an exact path that forms :math:`p` and measures
-:math:`\|p\|` and :math:`\|w - \beta p\|` (two more passes), behind a ``lax.cond`` that is
-rarely taken (``_stacking.values_per_leaf``).
+Since :math:`p \perp w` and :math:`\|\rho_l \hat s\| = \rho_l \|w\|`, the norm in step 4 is
+:math:`\|w\| \sqrt{1 + \rho_l^2}`: no second reduction. So each layer costs three float32
+sums (:math:`w \cdot w`, :math:`s \cdot w`, :math:`s \cdot s`, one pass over ``w`` and ``s``)
+and one elementwise pass that writes the update
 
-Reading order: the state, the per-layer coefficients (:func:`_common_coefficients`,
-:func:`_exact_coefficients`), how layers are grouped (:func:`_layer_coefficients`), the
-transform (:func:`_rotate_layers`) and :func:`layca`.
+.. math::
+  u = w' - w = (\gamma - 1)\, w - \gamma \beta\, (s - k w), \qquad
+  \beta = \frac{\rho_l \|w\|}{\|p\|}, \quad \gamma = \frac{\|w_0\|}{\|w\| \sqrt{1 + \rho_l^2}}.
+
+The one rare case: when :math:`s` is nearly parallel to :math:`w`,
+:math:`\|p\|^2 = s \cdot s - k\,(s \cdot w)` cancels in float32. :func:`tangent_parts` then
+measures :math:`p` directly in a second pass, behind one ``lax.cond`` for the whole tree
+(its cost is in BENCHMARKS.md).
+
+Reading order: :func:`tangent_parts` (the sums of step 1), :func:`_rotate` (steps 1 to 4 of
+one layer: the update line), :func:`scale_by_layca`, :func:`layca`.
 """
 
 from __future__ import annotations
@@ -40,20 +36,19 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from layca_optax import _numerics, _plan, _rates, _stacking, _transforms, _tree
+from layca_optax import _numerics, _plan, _rates, _transforms, _tree
 from layca_optax._numerics import as_f32
 
-__all__ = ["LaycaState", "layca"]
+__all__ = ["LaycaState", "ScaleByLaycaState", "layca", "scale_by_layca"]
 
 
-class LaycaState(NamedTuple):
-  """State of Layca's rotation step (the base optimizer keeps its own state).
+class ScaleByLaycaState(NamedTuple):
+  """State of ``scale_by_layca`` (a base optimizer chained before it keeps its own).
 
   A checkpoint format: it holds only what defines the algorithm, and its structure
-  depends only on the params' structure and the arguments of ``layca``.
+  depends only on the params' structure and the arguments of ``scale_by_layca``.
   """
 
   # shape=(), int32: steps taken, the argument of the schedule. Named `count` as in
@@ -64,150 +59,164 @@ class LaycaState(NamedTuple):
   initial_norms: Any
 
 
-# -- the per-layer formula -------------------------------------------------------------------
+#: The state's name before ``scale_by_layca`` was public: the same class.
+LaycaState = ScaleByLaycaState
 
 
-class _Sums(NamedTuple):
-  """The three sums of one layer (or a stack of layers): float32, one value per vector."""
+# -- step 1: the tangent part of a step, per rotating vector ---------------------------------
+
+
+class Tangent(NamedTuple):
+  """``x = k w + p`` with ``p`` orthogonal to ``w``, one float32 value per rotating vector."""
 
   ww: jax.Array  # w . w
-  sw: jax.Array  # s . w
-  ss: jax.Array  # s . s
-
-  @property
-  def k(self) -> jax.Array:
-    """``s . w / w . w``: the projected step is ``p = s - k w``."""
-    return _numerics.safe_ratio(self.sw, self.ww)
-
-  @property
-  def perp_sq(self) -> jax.Array:
-    """``||p||^2`` from the sums (cancels when ``s`` is nearly parallel to ``w``)."""
-    return self.ss - self.k * self.sw
+  k: jax.Array  # x . w / w . w (0 where w = 0)
+  pp: jax.Array  # ||p||^2
+  xx: jax.Array  # x . x
 
 
-class _Coefficients(NamedTuple):
-  """The update of a layer is ``u = a w + b s``."""
-
-  a: jax.Array
-  b: jax.Array
-
-
-class _Layer(NamedTuple):
-  """What the formula needs besides the sums, one value per vector."""
-
-  initial_norm: jax.Array  # ||w_0||; 0 for a layer that was zero at init
-  layer_rate: jax.Array  # rho_l(t) = m_l rho(t)
-  rate: jax.Array  # rho(t), for a zero-norm layer stepped like a non-layer leaf
+def _from_sums(x: jax.Array, w: jax.Array, axes, axis_name) -> Tangent:
+  """One pass: ``||p||^2 = x.x - k (x.w)``, which cancels when ``x`` is nearly parallel to ``w``."""
+  ww = _numerics.sum_of_products(w, w, axes, axis_name)
+  xw = _numerics.sum_of_products(x, w, axes, axis_name)
+  xx = _numerics.sum_of_products(x, x, axes, axis_name)
+  k = _numerics.safe_ratio(xw, ww)
+  return Tangent(ww, k, xx - k * xw, xx)
 
 
-class _LayerLeaf(NamedTuple):
-  """One layer leaf before grouping."""
+def _measured(x: jax.Array, w: jax.Array, t: Tangent, axes, axis_name) -> Tangent:
+  """A second pass: ``p = x - k w`` formed, its norm and its leftover along ``w`` measured.
 
-  step: jax.Array  # s
-  weights: jax.Array  # w
-  initial_norm: jax.Array  # ||w_0|| per vector, with size-1 vector axes
-  rate: jax.Array  # rho(t): a scalar, or per vector with size-1 vector axes
-  multiplier_index: np.ndarray  # which alpha multiplier each vector takes (static)
-  vector_axes: tuple[int, ...]
-
-
-def _tangent_step(sums: _Sums, perp_sq: jax.Array, layer_rate: jax.Array):
-  """Whether the layer rotates, and ``beta = rho_l ||w|| / ||p||`` (steps 1 to 3)."""
-  rotates = (sums.ww > 0) & ~_numerics.tangent_is_zero(perp_sq, sums.ss)
-  norm_w = jnp.sqrt(jnp.where(sums.ww > 0, sums.ww, 1.0))
-  beta = layer_rate * norm_w / jnp.sqrt(jnp.where(rotates, perp_sq, 1.0))
-  return rotates, beta
-
-
-def _update_coefficients(
-    sums: _Sums, layer: _Layer, rotates: jax.Array, beta: jax.Array, gamma: jax.Array
-) -> _Coefficients:
-  """``(a, b)`` with ``a w + b s = gamma (w - beta p) - w`` (step 4 included)."""
-  gamma = jnp.where(layer.initial_norm > 0, gamma, 1.0)  # no sphere: keep the norm
-  plain = jnp.where(sums.ww > 0, 0.0, -layer.rate)  # a zero-norm layer: -rho(t) s
-  a = jnp.where(rotates, gamma * (1.0 + beta * sums.k) - 1.0, 0.0)
-  b = jnp.where(rotates, -gamma * beta, plain)
-  return _Coefficients(a, b)
-
-
-def _common_coefficients(sums: _Sums, layer: _Layer) -> _Coefficients:
-  """``(a, b)`` from the three sums alone: ``||w - beta p|| = ||w|| sqrt(1 + rho_l^2)``."""
-  rotates, beta = _tangent_step(sums, sums.perp_sq, layer.layer_rate)
-  norm_w = jnp.sqrt(jnp.where(sums.ww > 0, sums.ww, 1.0))
-  gamma = layer.initial_norm / (norm_w * jnp.sqrt(1.0 + layer.layer_rate**2))
-  return _update_coefficients(sums, layer, rotates, beta, gamma)
-
-
-def _exact_coefficients(
-    s: jax.Array, w: jax.Array, sums: _Sums, layer: _Layer, sum_of_products
-) -> _Coefficients:
-  """``(a, b)`` for a step nearly parallel to ``w``: ``||p||`` and ``||w - beta p||`` measured.
-
-  Float32 leaves ``p`` orthogonal to ``w`` only up to ``eps ||s|| / ||p||`` here, so the
-  norm identity behind ``gamma`` is off too.
+  The leftover (``k`` rounded to float32 leaves ``p . w`` of order ``eps ||x|| ||w||``)
+  goes back into ``k``, so that the update keeps the norm to a few ulps.
   """
-  perp = s - sums.k * w
-  rotates, beta = _tangent_step(sums, sum_of_products(perp, perp), layer.layer_rate)
-  moved = w - beta * perp
-  gamma = _numerics.safe_ratio(layer.initial_norm, jnp.sqrt(sum_of_products(moved, moved)))
-  return _update_coefficients(sums, layer, rotates, beta, gamma)
+  p = x - t.k * w
+  pw = _numerics.sum_of_products(p, w, axes, axis_name)
+  pp = _numerics.sum_of_products(p, p, axes, axis_name)
+  dk = _numerics.safe_ratio(pw, t.ww)
+  return Tangent(t.ww, t.k + dk, pp - dk * pw, t.xx)
 
 
-# -- the layers, grouped ------------------------------------------------------------------------
+def tangent_parts(
+    xs: Sequence[jax.Array],
+    ws: Sequence[jax.Array],
+    vector_axes: Sequence[tuple[int, ...]],
+    axis_name: _numerics.AxisName | None = None,
+) -> list[Tangent]:
+  r"""Each ``x`` split along its ``w``: :math:`x = k w + p`, :math:`p \perp w`, per vector.
 
-
-def _layer_coefficients(
-    leaves: Sequence[_LayerLeaf],
-    multipliers: jax.Array,
-    axis_name: _numerics.AxisName | None,
-) -> list[_Coefficients]:
-  """``(a, b)`` of every layer leaf, such that its update is ``a w + b s``.
-
-  Small layers of one shape are stacked and take the sums together
-  (``_stacking.group_leaves``); the rare exact path of each group runs behind one
-  tree-wide cond (``_stacking.values_per_leaf``), which returns each leaf's coefficients.
-  The alpha multipliers are gathered once per group.
+  One pass of three sums per leaf. Where :math:`\|p\|^2 < 10^{-2}\, x \cdot x`
+  (``_numerics.NEARLY_PARALLEL``) that difference of sums has lost more than ~1e-5 of its
+  relative accuracy in float32, so :func:`_measured` takes a second pass; one
+  ``lax.cond`` over the whole tree runs it only on steps that have such a vector (for
+  every leaf, keeping the one-pass values elsewhere). Shared by Layca and the measures.
   """
-  groups = _stacking.group_leaves(
-      [(leaf.step, leaf.weights) for leaf in leaves], [leaf.vector_axes for leaf in leaves]
-  )
-  common, rare, exact = [], [], []
-  for group in groups:
-    s, w = (as_f32(x) for x in group.arrays)
-    sums = _Sums(
-        group.sum(w, w, axis_name), group.sum(s, w, axis_name), group.sum(s, s, axis_name)
-    )
-    members = [leaves[i] for i in group.members]
-    rate = group.stack([leaf.rate for leaf in members])
-    layer = _Layer(
-        initial_norm=group.stack([leaf.initial_norm for leaf in members]),
-        layer_rate=multipliers[group.stack([leaf.multiplier_index for leaf in members])] * rate,
-        rate=rate,
-    )
-    common.append(_common_coefficients(sums, layer))
-    rare.append(_numerics.nearly_parallel(sums.perp_sq, sums.ss))
-    exact.append(
-        lambda s=s, w=w, sums=sums, layer=layer, group=group: _exact_coefficients(
-            s, w, sums, layer, functools.partial(group.sum, axis_name=axis_name)
-        )
-    )
-  return _stacking.values_per_leaf(groups, common, rare, exact)
+  x32, w32 = [as_f32(x) for x in xs], [as_f32(w) for w in ws]
+  parts = [_from_sums(x, w, a, axis_name) for x, w, a in zip(x32, w32, vector_axes)]
+  if not parts:
+    return parts
+  rare = [_numerics.nearly_parallel(t.pp, t.xx) for t in parts]
+
+  def measured():
+    return [
+        jax.tree.map(functools.partial(jnp.where, r), _measured(x, w, t, a, axis_name), t)
+        for x, w, t, a, r in zip(x32, w32, parts, vector_axes, rare)
+    ]
+
+  any_rare = jnp.any(jnp.stack([jnp.any(r) for r in rare]))
+  return jax.lax.cond(any_rare, measured, lambda: parts)
 
 
-# -- the transform ------------------------------------------------------------------------------
+# -- steps 1 to 4 for one layer ----------------------------------------------------------------
 
 
-def _rotate_layers(
+def _rotate(
+    s: jax.Array,
+    w: jax.Array,
+    t: Tangent,
+    radius: jax.Array,
+    layer_rate: jax.Array,
+    rate: jax.Array,
+) -> jax.Array:
+  r"""Algorithm 1 for one layer (or one vector per entry of ``t``): the update ``w' - w``.
+
+  ``radius`` is :math:`\|w_0\|` (0: the layer was zero at init, no sphere to return to),
+  ``layer_rate`` :math:`\rho_l(t)` and ``rate`` :math:`\rho(t)`, the plain step of a layer
+  whose weights are zero (it has no direction to rotate).
+  """
+  s, w = as_f32(s), as_f32(w)
+  has_direction = t.ww > 0
+  norm_w = jnp.sqrt(jnp.where(has_direction, t.ww, 1.0))
+  # 1. The tangent part p = s - k w; a step (numerically) parallel to w does not rotate.
+  rotates = has_direction & ~_numerics.tangent_is_zero(t.pp, t.xx)
+  # 2-3. p scaled to the norm of w, times rho_l: beta p, with beta = rho_l ||w|| / ||p||.
+  beta = layer_rate * norm_w / jnp.sqrt(jnp.where(rotates, t.pp, 1.0))
+  # 4. Back to the sphere of radius ||w0||: ||w - beta p|| = ||w|| sqrt(1 + rho_l^2).
+  gamma = jnp.where(radius > 0, radius / (norm_w * jnp.sqrt(1.0 + layer_rate**2)), 1.0)
+  a = jnp.where(rotates, gamma - 1.0, 0.0)
+  b = jnp.where(rotates, gamma * beta, jnp.where(has_direction, 0.0, rate))
+  k = jnp.where(rotates, t.k, 0.0)
+  return a * w - b * (s - k * w)  # = gamma (w - beta p) - w
+
+
+# -- the transform -----------------------------------------------------------------------------
+
+
+def scale_by_layca(
     learning_rate: optax.ScalarOrSchedule,
-    alpha: Any,
-    depth_exponent: Any,
-    layer_order: Sequence[str] | None,
-    mask: _plan.MaskOrFn,
-    axis_name: _numerics.AxisName | None,
-    rotation_axes: _plan.AxesOrFn,
+    *,
+    alpha: float = 0.0,
+    depth_exponent: float = 5.0,
+    layer_order: Sequence[str] | None = None,
+    mask: _plan.MaskOrFn = None,
+    axis_name: _numerics.AxisName | None = None,
+    rotation_axes: _plan.AxesOrFn = None,
 ) -> optax.GradientTransformation:
-  """Operations 1 to 4 of Layca, fused per layer (see the module docstring)."""
-  caller = "layca"
+  r"""Layca's rotation step: turns each layer by :math:`\arctan \rho_l(t)` along the incoming step.
+
+  The incoming updates are a base optimizer's step :math:`s` (chain it after
+  ``optax.trace``, ``optax.scale_by_adam``...; alone, after the raw gradient). For each
+  layer (a leaf selected by ``mask``, by default the kernels) it returns
+  :math:`u = w' - w` with
+
+  .. math::
+    w' = \frac{\|w_0\|}{\|w - \beta p\|}\,(w - \beta p), \qquad
+    p = s - \frac{s \cdot w}{w \cdot w}\, w, \qquad \beta = \frac{\rho_l(t) \|w\|}{\|p\|},
+
+  so that ``optax.apply_updates`` rotates :math:`w` by exactly :math:`\arctan \rho_l(t)` in
+  the direction of :math:`-p` and leaves it on the sphere of its initial norm
+  :math:`\|w_0\|` (stored at ``init``). :math:`\rho_l(t) = m_l(\alpha)\, \rho(t)`, with the
+  multipliers of ``alpha_multipliers``. Leaves that are not layers get
+  :math:`-\rho(t)\, s`. ``layca(learning_rate, base=b)`` is
+  ``optax.chain(b, scale_by_layca(learning_rate))``.
+
+  Special cases: a vanishing tangent step (zero gradient, a gradient parallel to
+  :math:`w`, the zero updates of ``optax.MultiSteps``) gives a zero update, so the params
+  stay bit-identical; a layer with zero-norm weights is stepped like a non-layer leaf
+  (``init`` warns, naming it). All reductions are in float32; updates come back in the
+  params' dtype.
+
+  Args: as ``layca`` (all but ``base``).
+
+  Returns:
+    An ``optax.GradientTransformation`` whose ``update`` needs ``params``; its state is a
+    ``ScaleByLaycaState(count, initial_norms)``.
+
+  Examples:
+    >>> import jax.numpy as jnp, optax
+    >>> from layca_optax import rotation_angle, scale_by_layca
+    >>> params = {'w': jnp.array([[3.0, 4.0]])}
+    >>> tx = optax.chain(optax.trace(0.9), scale_by_layca(0.1))
+    >>> updates, _ = tx.update({'w': jnp.array([[1.0, 0.0]])}, tx.init(params), params)
+    >>> new = optax.apply_updates(params, updates)
+    >>> print(f"{float(rotation_angle(new, params)['w']):.5f}")  # arctan(0.1)
+    0.09967
+    >>> print(f"{float(jnp.linalg.norm(new['w'])):.4f}")  # the initial norm
+    5.0000
+  """
+  caller = "scale_by_layca"
+  _rates.check_learning_rate(learning_rate, caller)
+  _plan.check_alpha(alpha, caller)
 
   def make_plan(params):
     return _plan.make_plan(
@@ -216,38 +225,32 @@ def _rotate_layers(
     )
 
   def init_fn(params):
-    return LaycaState(
+    return ScaleByLaycaState(
         count=jnp.zeros([], jnp.int32),
         initial_norms=_transforms.initial_norms(params, make_plan(params), caller, axis_name),
     )
 
   def update_fn(updates, state, params=None):
     _tree.check_params(params, caller)
-    flat_s, flat_w = _tree.flatten(updates), _tree.flatten(params)
-    _tree.check_same_structure(flat_s, flat_w, caller)
+    steps, weights = _tree.flatten(updates), _tree.flatten(params)
+    _tree.check_same_structure(steps, weights, caller)
     plan = make_plan(params)
-    rates = _rates.leaf_rates(learning_rate, state.count, params, plan, caller)
-    norms0 = _tree.flatten(state.initial_norms).leaves
+    rates = _rates.leaf_rates(learning_rate, state.count, params, plan, caller)  # rho(t)
+    layer_rates = _plan.layer_rates(plan, rates, alpha, depth_exponent)  # rho_l(t)
+    radii = _tree.flatten(state.initial_norms).leaves  # ||w0||
     layers = [i for i, leaf in enumerate(plan.leaves) if leaf.is_layer]
-    coefficients = dict(zip(layers, _layer_coefficients(
-        [
-            _LayerLeaf(
-                flat_s.leaves[i], flat_w.leaves[i], plan.leaves[i].expand(norms0[i]),
-                rates[i], plan.leaves[i].multiplier_index(), plan.leaves[i].vector_axes,
-            )
-            for i in layers
-        ],
-        _plan.traced_multipliers(max(plan.num_layers, 1), alpha, depth_exponent),
-        axis_name,
+    tangents = dict(zip(layers, tangent_parts(
+        [steps.leaves[i] for i in layers], [weights.leaves[i] for i in layers],
+        [plan.leaves[i].vector_axes for i in layers], axis_name,
     )))
     out = []
-    for i, (s, w, rho) in enumerate(zip(flat_s.leaves, flat_w.leaves, rates)):
-      if i in coefficients:
-        a, b = coefficients[i]
-        out.append((a * as_f32(w) + b * as_f32(s)).astype(jnp.result_type(w)))
+    for i, (s, w, leaf) in enumerate(zip(steps.leaves, weights.leaves, plan.leaves)):
+      if leaf.is_layer:
+        u = _rotate(s, w, tangents[i], leaf.expand(radii[i]), layer_rates[i], rates[i])
+        out.append(u.astype(jnp.result_type(w)))
       else:  # not a layer: -rho(t) s
-        out.append((-rho * as_f32(s)).astype(jnp.result_type(s)))
-    return flat_s.unflatten(out), state._replace(count=optax.safe_increment(state.count))
+        out.append((-rates[i] * as_f32(s)).astype(jnp.result_type(s)))
+    return steps.unflatten(out), state._replace(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -266,9 +269,9 @@ def layca(
   r"""Layca: every layer rotates by exactly :math:`\arctan \rho_l(t)` per step.
 
   LAYer-level Controlled Amount of weight rotation (Carbonnelle & De Vleeschouwer, 2019,
-  Algorithm 1). For each layer (a leaf selected by ``mask``, by default the kernels) with
-  weights :math:`w`, initial weights :math:`w_0` and the step :math:`s` of the ``base``
-  optimizer:
+  Algorithm 1): ``optax.chain(base, scale_by_layca(learning_rate, ...))``. For each layer
+  (a leaf selected by ``mask``, by default the kernels) with weights :math:`w`, initial
+  weights :math:`w_0` and the step :math:`s` of the ``base`` optimizer:
 
   .. math::
     p &= s - \frac{s \cdot w}{w \cdot w}\, w
@@ -294,11 +297,11 @@ def layca(
   layer with zero-norm weights is stepped like a non-layer leaf (``init`` warns, naming it).
   All reductions are in float32; updates come back in the params' dtype.
 
-  **State** (a checkpoint format): ``(base_state, LaycaState(count, initial_norms))``,
-  where ``count`` is an int32 scalar and ``initial_norms`` has the params' structure: a
-  float32 :math:`\|w_0\|` per layer leaf (an array of one norm per vector with
-  ``rotation_axes``, shaped like the leaf without those axes) and a float32 0 per other
-  leaf. Nothing else: internal choices never change it.
+  **State** (a checkpoint format): ``(base_state, ScaleByLaycaState(count,
+  initial_norms))``, where ``count`` is an int32 scalar and ``initial_norms`` has the
+  params' structure: a float32 :math:`\|w_0\|` per layer leaf (an array of one norm per
+  vector with ``rotation_axes``, shaped like the leaf without those axes) and a float32 0
+  per other leaf. Nothing else: internal choices never change it.
 
   Args:
     learning_rate: :math:`\rho(t) = \tan(\text{angle per step})`: a float or an optax
@@ -354,8 +357,6 @@ def layca(
     Carbonnelle & De Vleeschouwer, `Layer rotation: a surprisingly powerful indicator of
     generalization in deep networks? <https://arxiv.org/abs/1806.01603>`_, 2019.
   """
-  _rates.check_learning_rate(learning_rate, "layca")
-  _plan.check_alpha(alpha, "layca")
   if base is None:
     base = optax.identity()
   elif not isinstance(base, optax.GradientTransformation):
@@ -366,8 +367,9 @@ def layca(
     )
   return optax.chain(
       base,
-      _rotate_layers(
-          learning_rate, alpha, depth_exponent, layer_order, mask, axis_name,
-          rotation_axes,
+      scale_by_layca(
+          learning_rate, alpha=alpha, depth_exponent=depth_exponent,
+          layer_order=layer_order, mask=mask, axis_name=axis_name,
+          rotation_axes=rotation_axes,
       ),
   )

@@ -1,37 +1,29 @@
 r"""Layer rotation measured: cosine distances, angles and per-step rotation, in float32.
 
-The textbook :math:`1 - \frac{a \cdot b}{\|a\| \|b\|}` cancels in float32: below about
-1e-4 rad it returns 0 or noise (even negative values). With unit vectors
-:math:`\hat a = a / \|a\|` and :math:`\hat b = b / \|b\|`:
+Every measure splits one array along another, :math:`a = k\, b + p` with :math:`p \perp b`
+(``_layca.tangent_parts``, the sums Layca's step 1 takes), and reads the angle between
+:math:`a` and :math:`b` from
 
 .. math::
-  1 - \cos\theta = \tfrac12 \|\hat a - \hat b\|^2, \qquad
-  \theta = 2 \operatorname{atan2}(\|\hat a - \hat b\|, \|\hat a + \hat b\|)
+  \theta = \operatorname{atan2}\big(\|p\|,\; k \|b\|\big), \qquad
+  1 - \cos\theta = \frac{\|p\|^2}{\|a\| (\|a\| + k \|b\|)} \quad (k \ge 0),
 
-are exact in exact arithmetic and keep their relative accuracy for small angles.
-
-Each leaf pair is read once: with :math:`d = a - b`,
-
-.. math::
-  1 - \cos\theta = \frac{\|d\|^2 - (\|a\| - \|b\|)^2}{2 \|a\| \|b\|}
-
-needs only the three sums :math:`\|a\|^2`, :math:`\|b\|^2` and :math:`\|d\|^2`, and does
-not cancel as long as the norms change less than the direction. Where they do not (a
-change mostly of norm, ``_numerics.NORM_GAP_RATIO``), the unit-vector form above is
-computed instead, behind a rarely taken cond (``_stacking.values_per_leaf``). With
-:math:`d = 1 - \cos\theta`, the angle is :math:`2 \operatorname{atan2}(\sqrt d, \sqrt{2 - d})`.
+which keeps its relative accuracy for small angles (the textbook
+:math:`1 - \frac{a \cdot b}{\|a\| \|b\|}` returns 0 or noise, even negative values, below
+about 1e-4 rad in float32). One pass of three sums per leaf; where :math:`a` is nearly
+parallel to :math:`b` (a change mostly of norm, or no change) a second pass measures
+:math:`p` directly, behind one ``lax.cond`` for the tree.
 
 ``measure_rotation()`` is a pass-through optax transform, placed last in a chain: at each
-step it stores the angle by which each layer turns, from :math:`w \cdot w`,
-:math:`w \cdot u` and :math:`u \cdot u` (the moved params :math:`w + u` are never formed
-outside the rare path), and ``rotation_rates(opt_state)`` reads them back. This is the
-robust form of ALGORITHM.md section 5 (the authors' recorder took
-:math:`\sqrt{1/(1-d)^2 - 1}` from a cosine distance :math:`d` that float32 made negative).
+step it stores the angle by which each layer turns, from the update :math:`u` split along
+the params :math:`w` (:math:`w + u = (1 + k)\, w + p`, never formed). This is the robust
+form of ALGORITHM.md section 5 (the authors' recorder took :math:`\sqrt{1/(1-d)^2 - 1}` from
+a cosine distance :math:`d` that float32 made negative).
 """
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -39,8 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from layca_optax import _numerics, _plan, _stacking, _tree
-from layca_optax._numerics import as_f32
+from layca_optax import _layca, _numerics, _plan, _tree
 
 __all__ = [
     "MeasureRotationState",
@@ -51,97 +42,64 @@ __all__ = [
 ]
 
 
-# -- the cosine distance of a pair, from three sums -------------------------------------------
+# -- the angle of a pair, from its tangent parts ------------------------------------------------
 
 
-class _PairSums(NamedTuple):
-  """The sums of a pair ``(a, b)``, one value per vector."""
+class _Pair(NamedTuple):
+  """``a = k b + p`` with ``p`` orthogonal to ``b``, one value per vector: an angle's parts."""
 
-  aa: jax.Array  # |a|^2
-  bb: jax.Array  # |b|^2
-  dd: jax.Array  # |a - b|^2, exactly 0 iff a == b
-  norm_change: jax.Array | None = None  # |a|^2 - |b|^2 when known without subtracting
+  k: jax.Array
+  pp: jax.Array  # ||p||^2
+  bb: jax.Array  # ||b||^2
+  a_is_zero: jax.Array
 
+  def angle(self) -> jax.Array:
+    """``atan2(||p||, k ||b||)``; a zero vector is at pi / 2 from any other, 0 from a zero."""
+    theta = jnp.arctan2(jnp.sqrt(jnp.maximum(self.pp, 0.0)), self.k * jnp.sqrt(self.bb))
+    return self._zero_rule(theta, math.pi / 2)
 
-def _one_pass_distance(sums: _PairSums) -> tuple[jax.Array, jax.Array]:
-  """``(1 - cos, cancels)``: the one-pass distance, and where it cancels."""
-  any_zero = (sums.aa == 0) | (sums.bb == 0)
-  norm_a = jnp.sqrt(jnp.where(any_zero, 1.0, sums.aa))
-  norm_b = jnp.sqrt(jnp.where(any_zero, 1.0, sums.bb))
-  if sums.norm_change is None:
-    gap = (norm_a - norm_b) ** 2
-  else:  # |a| - |b| = (|a|^2 - |b|^2) / (|a| + |b|), without subtracting the norms
-    gap = (sums.norm_change / (norm_a + norm_b)) ** 2
-  distance = (sums.dd - gap) / (2.0 * norm_a * norm_b)
-  return distance, (gap > _numerics.NORM_GAP_RATIO * sums.dd) & ~any_zero
+  def cosine_distance(self) -> jax.Array:
+    """``1 - cos``, as ``||p||^2 / (|a| (|a| + k |b|))`` when ``k >= 0`` (no cancellation)."""
+    norm_b = jnp.sqrt(self.bb)
+    norm_a = jnp.sqrt(self.k**2 * self.bb + jnp.maximum(self.pp, 0.0))
+    safe_a = jnp.where(norm_a > 0, norm_a, 1.0)
+    small = self.pp / (safe_a * (safe_a + self.k * norm_b))  # k >= 0: angle <= pi / 2
+    large = 1.0 - self.k * norm_b / safe_a  # k < 0: no cancellation either
+    return self._zero_rule(jnp.clip(jnp.where(self.k >= 0, small, large), 0.0, 2.0), 1.0)
 
-
-def _unit_vector_distance(a, b, sums: _PairSums, sum_of_products) -> jax.Array:
-  """``0.5 ||a/|a| - b/|b| ||^2``: exact where the one-pass form cancels."""
-  diff = a * _numerics.safe_ratio(1.0, jnp.sqrt(sums.aa)) - b * _numerics.safe_ratio(
-      1.0, jnp.sqrt(sums.bb)
-  )
-  return 0.5 * sum_of_products(diff, diff)
+  def _zero_rule(self, value: jax.Array, one_zero: float) -> jax.Array:
+    b_is_zero = self.bb == 0
+    both = self.a_is_zero & b_is_zero
+    return jnp.where(both, 0.0, jnp.where(self.a_is_zero | b_is_zero, one_zero, value))
 
 
-def _finish(sums: _PairSums, distance: jax.Array) -> jax.Array:
-  """Equal vectors are at 0; a zero vector is at 1 from anything else (never NaN)."""
-  any_zero = (sums.aa == 0) | (sums.bb == 0)
-  return jnp.where(
-      sums.dd == 0, 0.0, jnp.where(any_zero, 1.0, jnp.clip(distance, 0.0, 2.0))
-  )
-
-
-def _angle(distance: jax.Array) -> jax.Array:
-  # With d = 1 - cos: ||a^ - b^||^2 = 2 d and ||a^ + b^||^2 = 2 (2 - d); d = 0 (equal)
-  # gives 0, d = 1 (a zero leaf) pi / 2.
-  return 2.0 * jnp.arctan2(jnp.sqrt(distance), jnp.sqrt(2.0 - distance))
-
-
-def _pair_distances(
+def _pairs(
     pairs: Sequence[tuple[Any, Any]],
     vector_axes: Sequence[tuple[int, ...]],
     axis_name: _numerics.AxisName | None,
-    *,
-    pairs_are_steps: bool = False,
-) -> list[jax.Array]:
-  """The cosine distance of each pair, one value per vector (size-1 vector axes kept).
+) -> list[_Pair]:
+  """``a`` of each pair ``(a, b)`` split along ``b``, per vector (size-1 axes kept)."""
+  parts = _layca.tangent_parts(
+      [a for a, _ in pairs], [b for _, b in pairs], vector_axes, axis_name
+  )
+  return [_Pair(t.k, t.pp, t.ww, t.xx == 0) for t in parts]
 
-  A pair is ``(a, b)``, or with ``pairs_are_steps`` ``(w, u)``: the params and an update,
-  compared as ``(w + u, w)`` from ``w.w``, ``w.u`` and ``u.u``.
-  """
-  groups = _stacking.group_leaves(pairs, vector_axes)
-  common, rare, exact = [], [], []
-  for group in groups:
-    first, second = (as_f32(x) for x in group.arrays)
-    if pairs_are_steps:  # |w + u|^2 = w.w + 2 w.u + u.u; |(w + u) - w| = |u|
-      w, u = first, second
-      ww, wu, uu = group.sum(w, w, axis_name), group.sum(w, u, axis_name), group.sum(
-          u, u, axis_name
-      )
-      sums = _PairSums(ww + 2.0 * wu + uu, ww, uu, 2.0 * wu + uu)
-    else:
-      a, b = first, second
-      diff = a - b
-      sums = _PairSums(
-          group.sum(a, a, axis_name), group.sum(b, b, axis_name),
-          group.sum(diff, diff, axis_name),
-      )
-    distance, cancels = _one_pass_distance(sums)
-    common.append(_finish(sums, distance))
-    rare.append(cancels)
 
-    def exact_distance(group=group, sums=sums):
-      a, b = group.arrays
-      if pairs_are_steps:  # the params after optax.apply_updates, and before
-        a, b = optax.apply_updates(a, b), a
-      unit = _unit_vector_distance(
-          as_f32(a), as_f32(b), sums, functools.partial(group.sum, axis_name=axis_name)
-      )
-      return _finish(sums, unit)
-
-    exact.append(exact_distance)
-  return _stacking.values_per_leaf(groups, common, rare, exact)
+def _steps(
+    pairs: Sequence[tuple[Any, Any]],
+    vector_axes: Sequence[tuple[int, ...]],
+    axis_name: _numerics.AxisName | None,
+) -> list[_Pair]:
+  """``w + u`` of each pair ``(w, u)`` split along ``w``, without forming ``w + u``."""
+  parts = _layca.tangent_parts(
+      [u for _, u in pairs], [w for w, _ in pairs], vector_axes, axis_name
+  )
+  # u = k w + p, so w + u = (1 + k) w + p: zero only if u = -w exactly (or both are zero).
+  return [
+      _Pair(1.0 + t.k, t.pp, t.ww,
+            jnp.where(t.ww == 0, t.xx == 0, (t.k == -1.0) & (t.pp <= 0)))
+      for t in parts
+  ]
 
 
 # -- selecting leaves -------------------------------------------------------------------------
@@ -203,8 +161,8 @@ def cosine_distance(
   r"""Layer rotation: the cosine distance between each leaf and its initial value.
 
   .. math::
-    d = 1 - \cos\theta = \tfrac12 \Big\| \frac{w}{\|w\|} - \frac{w_0}{\|w_0\|} \Big\|^2
-    \in [0, 2]
+    d = 1 - \cos\theta = \frac{\|p\|^2}{\|w\| (\|w\| + k \|w_0\|)} \in [0, 2], \qquad
+    w = k\, w_0 + p, \; p \perp w_0,
 
   computed in float32 in a form that is exactly 0 for identical leaves and accurate down
   to angles of 1e-4 rad. A zero-norm leaf has no direction: its distance is 0 to another
@@ -241,9 +199,8 @@ def cosine_distance(
       params, init_params, _every_leaf if mask is None else mask, rotation_axes,
       "cosine_distance", ("params", "reference params"), _PAIRS_FIX,
   )
-  return selection.per_leaf(
-      _pair_distances(selection.pairs, selection.vector_axes, axis_name)
-  )
+  pairs = _pairs(selection.pairs, selection.vector_axes, axis_name)
+  return selection.per_leaf([pair.cosine_distance() for pair in pairs])
 
 
 def rotation_angle(
@@ -257,9 +214,10 @@ def rotation_angle(
   r"""The angle in radians between each leaf of two pytrees, accurate in float32.
 
   .. math::
-    \theta = 2 \operatorname{atan2}\big(\|\hat a - \hat b\|, \|\hat a + \hat b\|\big)
+    \theta = \operatorname{atan2}\big(\|p\|,\; k \|b\|\big), \qquad
+    a = k\, b + p, \quad p \perp b
 
-  with :math:`\hat a = a / \|a\|`. One Layca step rotates each layer by
+  for each leaf :math:`a` of ``params`` and :math:`b` of ``other_params``. One Layca step rotates each layer by
   :math:`\arctan \rho_l(t)`: ``rotation_angle(new_params, params)`` measures it. A zero leaf
   is at angle 0 from another zero leaf and :math:`\pi / 2` from anything else.
 
@@ -285,8 +243,8 @@ def rotation_angle(
       params, other_params, _every_leaf if mask is None else mask, rotation_axes,
       "rotation_angle", ("params", "reference params"), _PAIRS_FIX,
   )
-  distances = _pair_distances(selection.pairs, selection.vector_axes, axis_name)
-  return selection.per_leaf([_angle(d) for d in distances])
+  pairs = _pairs(selection.pairs, selection.vector_axes, axis_name)
+  return selection.per_leaf([pair.angle() for pair in pairs])
 
 
 class MeasureRotationState(NamedTuple):
@@ -297,34 +255,14 @@ class MeasureRotationState(NamedTuple):
   angles: Any
 
 
-def _step_angles(
-    params: Any, updates: Any, mask: Any, axis_name, rotation_axes
-) -> tuple[Any, Any]:
-  """The angle of each layer's step, and the updates, unchanged in value but made to
-  depend on the angles.
-
-  The new params overwrite the donated old ones, which the angles read: unless the
-  updates depend on the angles, XLA cannot order the two and copies every measured leaf
-  first (17 copies of the params on the 18.4M-parameter benchmark tree, seen in the
-  compiled HLO). ``optimization_barrier`` does not create that order; adding ``0 * d``
-  (``d`` a value the rarely taken cond returns, so nothing is recomputed per element)
-  does, inside the elementwise pass that applies the updates.
-  """
+def _measured_step(params: Any, updates: Any, mask: Any, axis_name, rotation_axes) -> Any:
+  """The angle of each measured layer's step (``None`` for the other leaves)."""
   selection = _select(
       params, updates, mask, rotation_axes, "measure_rotation", ("params", "updates"),
       "Pass the params the updates apply to: tx.update(grads, state, params).",
   )
-  distances = _pair_distances(
-      selection.pairs, selection.vector_axes, axis_name, pairs_are_steps=True
-  )
-  flat_u = _tree.flatten(updates)
-  tied = list(flat_u.leaves)
-  if distances:
-    zero = 0.0 * jnp.ravel(distances[0])[0]
-    for i in selection.chosen:
-      tied[i] = tied[i] + zero.astype(jnp.result_type(tied[i]))
-  angles = selection.per_leaf([_angle(d) for d in distances])
-  return angles, flat_u.unflatten(tied)
+  steps = _steps(selection.pairs, selection.vector_axes, axis_name)
+  return selection.per_leaf([step.angle() for step in steps])
 
 
 def measure_rotation(
@@ -340,20 +278,17 @@ def measure_rotation(
   between ``params`` and ``apply_updates(params, updates)`` (the step just taken),
 
   .. math::
-    \theta = 2 \operatorname{atan2}\big(\|\hat w - \hat w'\|, \|\hat w + \hat w'\|\big),
+    \theta = \operatorname{atan2}\big(\|p\|,\; (1 + k)\, \|w\|\big), \qquad
+    u = k\, w + p, \quad p \perp w,
 
-  in float32 from :math:`w \cdot w`, :math:`w \cdot u` and :math:`u \cdot u` (the one-pass
-  form of ``cosine_distance``, with :math:`w' = w + u` never formed), exactly 0 for a zero
-  update. It is the angle of the update as proposed; the float32 params after
+  in float32 from one pass over :math:`w` and :math:`u` (:math:`w' = w + u` is never
+  formed; a second pass where :math:`u` is nearly parallel to :math:`w`), exactly 0 for a
+  zero update. It is the angle of the update as proposed; the float32 params after
   ``apply_updates`` differ from it by rounding (relative :math:`\epsilon \|w\|/\|u\|`).
-  Measured against float64 angles between the float32 params before and after a step
-  (leaves of 10, 10^4 and 10^6 elements, 3 draws each, norm kept or changed by 1 %):
-  relative error at most 1.2e-4 at 1e-4 rad, 6e-4 at 1e-5 rad, 2e-2 at 1e-6 rad (the
-  worst cases are 10-element leaves; at 10^6 elements: 1.2e-6, 1.7e-5, 9e-4).
-  The state is zero-filled at ``init`` and keeps its structure. Read it with
-  :func:`rotation_rates`. Cost: three reductions per layer every step (3.5-3.9x an
-  SGD-with-momentum step on top of it on an 18.4M-parameter CNN on CPU, see
-  BENCHMARKS.md); the state holds one float32 per layer.
+  The updates pass through untouched (the same arrays, even NaN or inf). The state is
+  zero-filled at ``init`` and keeps its structure. Read it with :func:`rotation_rates`.
+  Cost: one pass of three sums per layer every step (BENCHMARKS.md); the state holds one
+  float32 per layer.
 
   Args:
     mask: which leaves to measure: ``None`` for the kernels (``default_mask``, leaves with
@@ -394,7 +329,7 @@ def measure_rotation(
 
   def update_fn(updates, state, params=None):
     _tree.check_params(params, caller)
-    angles, updates = _step_angles(params, updates, layers, axis_name, rotation_axes)
+    angles = _measured_step(params, updates, layers, axis_name, rotation_axes)
     # The new angles in the containers of the old state (an NNX State stays a State).
     angles = jax.tree.unflatten(jax.tree.structure(state.angles), jax.tree.leaves(angles))
     return updates, MeasureRotationState(angles=angles)

@@ -70,7 +70,7 @@ class ReferenceLayca:
 
 
 def angle(a, b):
-  """Angle between two arrays in float64."""
+  """Angle between two arrays in float64 (the unit-vector form: accurate for small angles)."""
   a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
-  cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
-  return float(np.arccos(np.clip(cos, -1.0, 1.0)))
+  a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+  return float(2.0 * np.arctan2(np.linalg.norm(a - b), np.linalg.norm(a + b)))

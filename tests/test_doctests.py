@@ -15,7 +15,7 @@ MODULES = sorted(
 
 
 def test_every_module_is_collected():
-  assert {"_layca", "_measure", "_curves", "_plotting", "_logging", "_rates", "_stacking", "_plan"} <= set(MODULES)
+  assert {"_layca", "_measure", "_curves", "_plotting", "_logging", "_rates", "_plan"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,4 +1,4 @@
-"""The fused ``layca`` on trees of many equal-shaped small layers (reduced in stacks)."""
+"""``layca`` against the composable chain on trees of many equal-shaped small layers."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,6 @@ import optax
 import pytest
 
 import layca_optax as lo
-from layca_optax import _stacking
 
 
 def chain(rate, alpha=0.0, rotation_axes=None):
@@ -49,24 +48,14 @@ def assert_close(actual, expected):
     "alpha",
     [pytest.param(0.0, marks=pytest.mark.slow), -0.5, pytest.param(0.7, marks=pytest.mark.slow)],
 )
-def test_grouped_leaves_match_the_chain(alpha):
+def test_many_small_leaves_match_the_chain(alpha):
   params = many_layers()
   grads = jax.tree.map(lambda x: np.float32(0.1) * x[::-1] + 0.3, params)
   assert_close(step(lo.layca(0.1, alpha=alpha), params, grads),
                step(chain(0.1, alpha), params, grads))
 
 
-@pytest.mark.slow
-def test_grouping_is_the_same_as_leaf_by_leaf(monkeypatch):
-  params = many_layers(1)
-  grads = jax.tree.map(lambda x: np.cos(3 * x), params)
-  grouped = step(lo.layca(0.05, base=optax.trace(0.9)), params, grads)
-  monkeypatch.setattr(_stacking, "MAX_STACKED_SIZE", 0)
-  alone = step(lo.layca(0.05, base=optax.trace(0.9)), params, grads)
-  assert_close(grouped, alone)
-
-
-def test_one_nearly_parallel_leaf_in_a_group_takes_the_exact_path():
+def test_one_nearly_parallel_leaf_among_many_still_rotates_by_arctan_rate():
   params = many_layers(2)
   grads = jax.tree.map(lambda x: np.sin(x), params)
   w = params["b3"]["q"]
@@ -85,7 +74,7 @@ def test_one_nearly_parallel_leaf_in_a_group_takes_the_exact_path():
 
 
 @pytest.mark.parametrize("axes_fn", [lo.output_unit_axes, lo.stacked_layer_axes])
-def test_grouped_rotation_axes_match_the_chain(axes_fn):
+def test_per_vector_rotation_axes_match_the_chain(axes_fn):
   rng = np.random.default_rng(4)
   params = {f"l{i}": rng.normal(size=(3, 6, 5)).astype(np.float32) for i in range(4)}
   grads = jax.tree.map(lambda x: np.tanh(x[:, ::-1]) + 0.1, params)
@@ -93,7 +82,7 @@ def test_grouped_rotation_axes_match_the_chain(axes_fn):
                step(chain(0.2, -0.3, rotation_axes=axes_fn), params, grads))
 
 
-def test_zero_gradient_in_a_group_leaves_params_bit_identical():
+def test_zero_gradient_leaves_of_a_tree_stay_bit_identical():
   params = many_layers(5)
   grads = jax.tree.map(jnp.zeros_like, params)
   grads["b1"]["q"] = jnp.ones((8, 8))

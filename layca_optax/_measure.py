@@ -217,9 +217,10 @@ def rotation_angle(
     \theta = \operatorname{atan2}\big(\|p\|,\; k \|b\|\big), \qquad
     a = k\, b + p, \quad p \perp b
 
-  for each leaf :math:`a` of ``params`` and :math:`b` of ``other_params``. One Layca step rotates each layer by
-  :math:`\arctan \rho_l(t)`: ``rotation_angle(new_params, params)`` measures it. A zero leaf
-  is at angle 0 from another zero leaf and :math:`\pi / 2` from anything else.
+  for each leaf :math:`a` of ``params`` and :math:`b` of ``other_params``. One Layca step
+  rotates each layer by :math:`\arctan \rho_l(t)`: ``rotation_angle(new_params, params)``
+  measures it. A zero leaf is at angle 0 from another zero leaf and :math:`\pi / 2` from
+  anything else.
 
   Args:
     params: a pytree of arrays.

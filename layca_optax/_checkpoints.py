@@ -29,7 +29,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-import layca_optax  # public names only, looked up at call time (no import cycle)
+from layca_optax import _curves
 
 __all__ = ["curves_from_checkpoints"]
 
@@ -491,7 +491,7 @@ def read_curves(
     skip_bad: bool = False,
     progress: bool = False,
     caller: str = "curves_from_checkpoints",
-) -> tuple[layca_optax.LayerRotationCurves, list[SkippedStep], dict[str, Any]]:
+) -> tuple[_curves.LayerRotationCurves, list[SkippedStep], dict[str, Any]]:
   """:func:`curves_from_checkpoints`, also returning the skipped steps and what was
   read (``directory``, ``params_path``, ``reference_step``, ``layer_order_source``)."""
   ocp = orbax_checkpoint(caller)
@@ -509,7 +509,7 @@ def read_curves(
     reference_params, reference_shapes = reader.read(reference)
   except _Unreadable as e:
     raise _unreadable_error(caller, e, skippable=False) from e.__cause__
-  curves = layca_optax.LayerRotationCurves(
+  curves = _curves.LayerRotationCurves(
       reference_params, layer_order=layer_order, mask=mask, rotation_axes=rotation_axes,
       reference="host",
   )
@@ -555,7 +555,7 @@ def curves_from_checkpoints(
     steps: Sequence[int] | None = None,
     skip_bad: bool = False,
     progress: bool = False,
-) -> layca_optax.LayerRotationCurves:
+) -> _curves.LayerRotationCurves:
   r"""Layer rotation curves of a finished run, read from its orbax checkpoints.
 
   Walks the steps of an ``orbax.checkpoint.CheckpointManager`` directory (one

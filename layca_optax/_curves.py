@@ -49,22 +49,13 @@ class _CurvePlan(NamedTuple):
   names: tuple[str, ...]  # one per curve: 'path', or 'path[i]' per vector
 
 
-def _curve_plan(
-    params: Any,
-    mask: _plan.MaskOrFn,
-    rotation_axes: _plan.AxesOrFn,
-    layer_order: Sequence[str] | None,
-    caller: str,
-) -> _CurvePlan:
+def _curve_plan(spec: _plan.LayerSpec, params: Any) -> _CurvePlan:
   # mask=None means the kernels here (as in layca), not every leaf (as in cosine_distance).
-  plan = _plan.make_plan(
-      params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
-      caller=caller,
-  )
+  plan = spec.plan(params)
   order = sorted((leaf.depth, i) for i, leaf in enumerate(plan.leaves) if leaf.is_layer)
   if not order:
     raise ValueError(
-        f"{caller}: no leaf of the params is a layer, so there is nothing to record. The "
+        f"{spec.owner}: no leaf of the params is a layer, so there is nothing to record. The "
         "default mask selects leaves with ndim >= 2 (kernels); pass mask=... to choose "
         "others, e.g. mask=lambda p: jax.tree.map(lambda x: x.ndim >= 1, p)."
     )
@@ -199,7 +190,7 @@ class LayerRotationCurves:
           f"{caller}: reference must be 'device' (a copy of the initial layers in device "
           f"memory) or 'host' (in NumPy memory), got reference={reference!r}."
       )
-    plan = _curve_plan(init_params, mask, rotation_axes, layer_order, caller)
+    plan = _curve_plan(_plan.LayerSpec(caller, mask, rotation_axes, layer_order), init_params)
     self._plan: _CurvePlan | None = plan
     leaves = _layer_leaves(plan, init_params, caller, "initial params")
     dtype = None if reference_dtype is None else jnp.dtype(reference_dtype)
@@ -409,7 +400,8 @@ def init_curve_buffer(
   Returns:
     A buffer with ``count == 0``.
   """
-  plan = _curve_plan(init_params, mask, rotation_axes, layer_order, "init_curve_buffer")
+  spec = _plan.LayerSpec("init_curve_buffer", mask, rotation_axes, layer_order)
+  plan = _curve_plan(spec, init_params)
   return CurveBuffer(
       values=jnp.zeros((int(num_records), len(plan.names)), jnp.float32),
       count=jnp.zeros((), jnp.int32),
@@ -465,7 +457,9 @@ def record_curve(
     >>> [round(v, 4) for v in curves.values['w']]
     [0.1056, 0.2929, 0.4453]
   """
-  plan = _curve_plan(init_params, mask, rotation_axes, layer_order, "record_curve")
+  plan = _curve_plan(
+      _plan.LayerSpec("record_curve", mask, rotation_axes, layer_order), init_params
+  )
   if tuple(buffer.paths) != plan.names:
     raise ValueError(
         "record_curve: the buffer was built for other curves than these params give "

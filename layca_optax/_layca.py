@@ -31,6 +31,7 @@ one layer: the update line), :func:`scale_by_layca`, :func:`layca`.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from layca_optax import _numerics, _plan, _rates, _transforms, _tree
+from layca_optax import _numerics, _plan, _rates, _tree
 from layca_optax._numerics import as_f32
 
 __all__ = ["LaycaState", "ScaleByLaycaState", "layca", "scale_by_layca"]
@@ -163,10 +164,10 @@ def _rotate(
 
 
 def scale_by_layca(
-    learning_rate: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule | _rates.PerLeafRates,
     *,
-    alpha: float = 0.0,
-    depth_exponent: float = 5.0,
+    alpha: jax.typing.ArrayLike = 0.0,
+    depth_exponent: jax.typing.ArrayLike = 5.0,
     layer_order: Sequence[str] | None = None,
     mask: _plan.MaskOrFn = None,
     axis_name: _numerics.AxisName | None = None,
@@ -187,7 +188,7 @@ def scale_by_layca(
   the direction of :math:`-p` and leaves it on the sphere of its initial norm
   :math:`\|w_0\|` (stored at ``init``). :math:`\rho_l(t) = m_l(\alpha)\, \rho(t)`, with the
   multipliers of ``alpha_multipliers``. Leaves that are not layers get
-  :math:`-\rho(t)\, s`. ``layca(learning_rate, base=b)`` is
+  :math:`-\rho(t)\, s`. ``layca(learning_rate, base_optimizer=b)`` is
   ``optax.chain(b, scale_by_layca(learning_rate))``.
 
   Special cases: a vanishing tangent step (zero gradient, a gradient parallel to
@@ -196,7 +197,7 @@ def scale_by_layca(
   (``init`` warns, naming it). All reductions are in float32; updates come back in the
   params' dtype.
 
-  Args: as ``layca`` (all but ``base``).
+  Args: as ``layca`` (all but ``base_optimizer``).
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``; its state is a
@@ -214,31 +215,22 @@ def scale_by_layca(
     >>> print(f"{float(jnp.linalg.norm(new['w'])):.4f}")  # the initial norm
     5.0000
   """
-  caller = "scale_by_layca"
-  _rates.check_learning_rate(learning_rate, caller)
-  _plan.check_alpha(alpha, caller)
-
-  def make_plan(params):
-    return _plan.make_plan(
-        params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
-        caller=caller,
-    )
+  spec = _plan.LayerSpec("scale_by_layca", mask, rotation_axes, layer_order)
+  _rates.check_learning_rate(learning_rate, spec.owner)
+  _plan.check_alpha(alpha, spec.owner)
 
   def init_fn(params):
     return ScaleByLaycaState(
         count=jnp.zeros([], jnp.int32),
-        initial_norms=_transforms.initial_norms(params, make_plan(params), caller, axis_name),
+        initial_norms=_plan.initial_norms(spec.plan(params), params, axis_name),
     )
 
   def update_fn(updates, state, params=None):
-    _tree.check_params(params, caller)
-    steps, weights = _tree.flatten(updates), _tree.flatten(params)
-    _tree.check_same_structure(steps, weights, caller)
-    plan = make_plan(params)
-    rates = _rates.leaf_rates(learning_rate, state.count, params, plan, caller)  # rho(t)
+    steps, weights, plan = spec.prepare(updates, params)
+    rates = _rates.leaf_rates(learning_rate, state.count, params, plan)  # rho(t)
     layer_rates = _plan.layer_rates(plan, rates, alpha, depth_exponent)  # rho_l(t)
     radii = _tree.flatten(state.initial_norms).leaves  # ||w0||
-    layers = [i for i, leaf in enumerate(plan.leaves) if leaf.is_layer]
+    layers = plan.layers
     tangents = dict(zip(layers, tangent_parts(
         [steps.leaves[i] for i in layers], [weights.leaves[i] for i in layers],
         [plan.leaves[i].vector_axes for i in layers], axis_name,
@@ -256,22 +248,23 @@ def scale_by_layca(
 
 
 def layca(
-    learning_rate: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule | _rates.PerLeafRates,
     *,
-    base: optax.GradientTransformation | None = None,
-    alpha: float = 0.0,
-    depth_exponent: float = 5.0,
+    base_optimizer: optax.GradientTransformation | None = None,
+    alpha: jax.typing.ArrayLike = 0.0,
+    depth_exponent: jax.typing.ArrayLike = 5.0,
     layer_order: Sequence[str] | None = None,
     mask: _plan.MaskOrFn = None,
     axis_name: _numerics.AxisName | None = None,
     rotation_axes: _plan.AxesOrFn = None,
+    base: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Layca: every layer rotates by exactly :math:`\arctan \rho_l(t)` per step.
 
   LAYer-level Controlled Amount of weight rotation (Carbonnelle & De Vleeschouwer, 2019,
-  Algorithm 1): ``optax.chain(base, scale_by_layca(learning_rate, ...))``. For each layer
-  (a leaf selected by ``mask``, by default the kernels) with weights :math:`w`, initial
-  weights :math:`w_0` and the step :math:`s` of the ``base`` optimizer:
+  Algorithm 1): ``optax.chain(base_optimizer, scale_by_layca(learning_rate, ...))``. For
+  each layer (a leaf selected by ``mask``, by default the kernels) with weights :math:`w`,
+  initial weights :math:`w_0` and the step :math:`s` of the base optimizer:
 
   .. math::
     p &= s - \frac{s \cdot w}{w \cdot w}\, w
@@ -288,7 +281,7 @@ def layca(
   ``optax.partition``.
 
   The result equals, within float32 rounding,
-  ``optax.chain(base, project_orthogonal(), normalize_rotation(),
+  ``optax.chain(base_optimizer, project_orthogonal(), normalize_rotation(),
   scale_by_layer_rates(...), project_to_sphere())`` but reads each layer fewer times.
   The base optimizer's state keeps its own raw direction: Layca works on a copy.
 
@@ -309,8 +302,8 @@ def layca(
       with Adam or SGD_AMom bases. A ``PerLeafRates`` gives each leaf its own rate or
       schedule; ``replay_rates`` builds one that replays recorded rotation rates
       (AdaptCopy).
-    base: an optax transform that yields a gradient-like direction (no learning rate, no
-      minus sign). ``None``: the raw gradient (SGD). ``optax.trace(0.9)``: momentum;
+    base_optimizer: an optax transform that yields a gradient-like direction (no learning
+      rate, no minus sign). ``None``: the raw gradient (SGD). ``optax.trace(0.9)``: momentum;
       ``optax.ema(0.9, debias=False)``: the paper's SGD_AMom; ``optax.scale_by_adam()``,
       ``optax.scale_by_rms()``, ``optax.scale_by_rss()``: adaptive methods.
     alpha: in ``[-1, 1]``: layer-wise rate multipliers; 0 (the paper's best) rotates all
@@ -334,6 +327,7 @@ def layca(
       depth for alpha, in index order at the leaf's place in ``layer_order``); kept axes
       after it index units of one layer (``output_unit_axes``: per-neuron Layca, Flax
       layout, sharing the layer's multiplier).
+    base: deprecated name of ``base_optimizer`` (it warns; removed in the next release).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs ``params``.
@@ -344,7 +338,7 @@ def layca(
     >>> params = {'w': jnp.array([[1.0, 2.0], [3.0, 4.0]])}
     >>> target = jnp.array([[0.0, 1.0], [2.0, 3.0]])
     >>> loss = lambda p: jnp.sum((p['w'] @ jnp.ones(2) - target.sum(1)) ** 2)
-    >>> tx = layca(learning_rate=0.05, base=optax.trace(0.9))
+    >>> tx = layca(learning_rate=0.05, base_optimizer=optax.trace(0.9))
     >>> state = tx.init(params)
     >>> for _ in range(3):
     ...   grads = jax.grad(loss)(params)
@@ -357,16 +351,25 @@ def layca(
     Carbonnelle & De Vleeschouwer, `Layer rotation: a surprisingly powerful indicator of
     generalization in deep networks? <https://arxiv.org/abs/1806.01603>`_, 2019.
   """
-  if base is None:
-    base = optax.identity()
-  elif not isinstance(base, optax.GradientTransformation):
+  if base is not None:
+    if base_optimizer is not None:
+      raise TypeError("layca: give base_optimizer only (base is its deprecated name).")
+    warnings.warn(
+        "layca(base=...) is deprecated and will be removed in the next release: use "
+        "layca(..., base_optimizer=...).", DeprecationWarning, stacklevel=2,
+    )
+    base_optimizer = base
+  if base_optimizer is None:
+    base_optimizer = optax.identity()
+  elif not isinstance(base_optimizer, optax.GradientTransformation):
     raise TypeError(
-        "layca: `base` must be an optax.GradientTransformation that yields a "
-        f"gradient-like direction, got {base!r}. For momentum use base=optax.trace(0.9); "
-        "for Adam base=optax.scale_by_adam() (no learning rate: Layca sets the step size)."
+        "layca: `base_optimizer` must be an optax.GradientTransformation that yields a "
+        f"gradient-like direction, got {base_optimizer!r}. For momentum use "
+        "base_optimizer=optax.trace(0.9); for Adam base_optimizer=optax.scale_by_adam() "
+        "(no learning rate: Layca sets the step size)."
     )
   return optax.chain(
-      base,
+      base_optimizer,
       scale_by_layca(
           learning_rate, alpha=alpha, depth_exponent=depth_exponent,
           layer_order=layer_order, mask=mask, axis_name=axis_name,

@@ -1,22 +1,26 @@
 r"""Layer rotation measured: cosine distances, angles and per-step rotation, in float32.
 
-Every measure splits one array along another, :math:`a = k\, b + p` with :math:`p \perp b`
-(``_layca.tangent_parts``, the sums Layca's step 1 takes), and reads the angle between
-:math:`a` and :math:`b` from
+The textbook :math:`1 - \frac{a \cdot b}{\|a\| \|b\|}` cancels in float32: below about
+1e-4 rad it returns 0 or noise, even negative values. The measures use forms that keep
+their relative accuracy for small angles:
 
-.. math::
-  \theta = \operatorname{atan2}\big(\|p\|,\; k \|b\|\big), \qquad
-  1 - \cos\theta = \frac{\|p\|^2}{\|a\| (\|a\| + k \|b\|)} \quad (k \ge 0),
+* between two trees (``cosine_distance``, ``rotation_angle``, the curves), with unit vectors
+  :math:`\hat a = a / \|a\|`, :math:`\hat b = b / \|b\|` (two passes: the norms, then one
+  sum), exact whatever the norms:
 
-which keeps its relative accuracy for small angles (the textbook
-:math:`1 - \frac{a \cdot b}{\|a\| \|b\|}` returns 0 or noise, even negative values, below
-about 1e-4 rad in float32). One pass of three sums per leaf; where :math:`a` is nearly
-parallel to :math:`b` (a change mostly of norm, or no change) a second pass measures
-:math:`p` directly, behind one ``lax.cond`` for the tree.
+  .. math::
+    1 - \cos\theta = \tfrac12 \|\hat a - \hat b\|^2, \qquad
+    \theta = 2 \operatorname{atan2}\big(\|\hat a - \hat b\|, \|\hat a + \hat b\|\big);
+
+* for one step (``measure_rotation()``, every step, so one pass): the update :math:`u`
+  split along the params, :math:`u = k\, w + p` with :math:`p \perp w`
+  (``_layca.tangent_parts``, the sums of Layca's step 1), so that
+  :math:`w + u = (1 + k)\, w + p` (never formed) and
+  :math:`\theta = \operatorname{atan2}(\|p\|, (1 + k) \|w\|)`; only a step mostly along
+  :math:`w` (of norm) takes a second pass, behind one ``lax.cond`` for the tree.
 
 ``measure_rotation()`` is a pass-through optax transform, placed last in a chain: at each
-step it stores the angle by which each layer turns, from the update :math:`u` split along
-the params :math:`w` (:math:`w + u = (1 + k)\, w + p`, never formed). This is the robust
+step it stores the angle by which each layer turns. This is the robust
 form of ALGORITHM.md section 5 (the authors' recorder took :math:`\sqrt{1/(1-d)^2 - 1}` from
 a cosine distance :math:`d` that float32 made negative).
 """
@@ -58,43 +62,27 @@ class _Pair(NamedTuple):
     theta = jnp.arctan2(jnp.sqrt(jnp.maximum(self.pp, 0.0)), self.k * jnp.sqrt(self.bb))
     return self._zero_rule(theta, math.pi / 2)
 
-  def cosine_distance(self) -> jax.Array:
-    """``1 - cos``, as ``||p||^2 / (|a| (|a| + k |b|))`` when ``k >= 0`` (no cancellation)."""
-    norm_b = jnp.sqrt(self.bb)
-    norm_a = jnp.sqrt(self.k**2 * self.bb + jnp.maximum(self.pp, 0.0))
-    safe_a = jnp.where(norm_a > 0, norm_a, 1.0)
-    small = self.pp / (safe_a * (safe_a + self.k * norm_b))  # k >= 0: angle <= pi / 2
-    large = 1.0 - self.k * norm_b / safe_a  # k < 0: no cancellation either
-    return self._zero_rule(jnp.clip(jnp.where(self.k >= 0, small, large), 0.0, 2.0), 1.0)
-
   def _zero_rule(self, value: jax.Array, one_zero: float) -> jax.Array:
     b_is_zero = self.bb == 0
     both = self.a_is_zero & b_is_zero
     return jnp.where(both, 0.0, jnp.where(self.a_is_zero | b_is_zero, one_zero, value))
 
 
-def _pairs(
+def _changes(
     pairs: Sequence[tuple[Any, Any]],
     vector_axes: Sequence[tuple[int, ...]],
     axis_name: _numerics.AxisName | None,
 ) -> list[_Pair]:
-  """``a`` of each pair ``(a, b)`` split along ``b``, per vector (size-1 axes kept)."""
-  parts = _layca.tangent_parts(
-      [a for a, _ in pairs], [b for _, b in pairs], vector_axes, axis_name
-  )
-  return [_Pair(t.k, t.pp, t.ww, t.xx == 0) for t in parts]
+  """``b + d`` of each pair ``(b, d)`` split along ``b``: ``(1 + k) b + p`` for ``d = k b + p``.
 
-
-def _steps(
-    pairs: Sequence[tuple[Any, Any]],
-    vector_axes: Sequence[tuple[int, ...]],
-    axis_name: _numerics.AxisName | None,
-) -> list[_Pair]:
-  """``w + u`` of each pair ``(w, u)`` split along ``w``, without forming ``w + u``."""
+  The change ``d`` (an update, or ``a - b``) is what the sums read, so that a small
+  rotation does not cancel: only a change mostly along ``b`` (of norm) takes the second
+  pass of ``_layca.tangent_parts``. ``b + d`` is never formed.
+  """
   parts = _layca.tangent_parts(
-      [u for _, u in pairs], [w for w, _ in pairs], vector_axes, axis_name
+      [d for _, d in pairs], [b for b, _ in pairs], vector_axes, axis_name
   )
-  # u = k w + p, so w + u = (1 + k) w + p: zero only if u = -w exactly (or both are zero).
+  # b + d is zero only if d = -b exactly (or both are zero).
   return [
       _Pair(1.0 + t.k, t.pp, t.ww,
             jnp.where(t.ww == 0, t.xx == 0, (t.k == -1.0) & (t.pp <= 0)))
@@ -102,11 +90,56 @@ def _steps(
   ]
 
 
+class _UnitPair(NamedTuple):
+  """``||a^ - b^||^2`` of unit vectors ``a^ = a / |a|``, ``b^ = b / |b|``, per vector."""
+
+  dd: jax.Array
+  equal: jax.Array  # a == b exactly: at distance exactly 0
+  a_is_zero: jax.Array
+  b_is_zero: jax.Array
+
+  def _zero_rule(self, value: jax.Array, one_zero: float) -> jax.Array:
+    same = self.equal | (self.a_is_zero & self.b_is_zero)
+    return jnp.where(same, 0.0, jnp.where(self.a_is_zero | self.b_is_zero, one_zero, value))
+
+  def angle(self) -> jax.Array:
+    """``2 atan2(||a^ - b^||, ||a^ + b^||)``, with ``||a^ + b^||^2 = 4 - ||a^ - b^||^2``."""
+    dd = jnp.clip(self.dd, 0.0, 4.0)
+    return self._zero_rule(2.0 * jnp.arctan2(jnp.sqrt(dd), jnp.sqrt(4.0 - dd)), math.pi / 2)
+
+  def cosine_distance(self) -> jax.Array:
+    """``1 - cos = ||a^ - b^||^2 / 2``."""
+    return self._zero_rule(jnp.clip(0.5 * self.dd, 0.0, 2.0), 1.0)
+
+
+def _unit_pairs(
+    pairs: Sequence[tuple[Any, Any]],
+    vector_axes: Sequence[tuple[int, ...]],
+    axis_name: _numerics.AxisName | None,
+) -> list[_UnitPair]:
+  """Two passes per pair, whatever the two norms: the norms (and whether ``a == b``), then
+  ``||a^ - b^||^2``.
+
+  Exact for any pair in float32 (a scale of ``a`` changes nothing, a tiny rotation keeps
+  its relative accuracy), with no rare case: the measures between two trees run once
+  per record, not per step, so they take the second pass rather than a cond.
+  """
+  out = []
+  for (a, b), axes in zip(pairs, vector_axes):
+    a, b = _numerics.as_f32(a), _numerics.as_f32(b)
+    aa = _numerics.sum_of_products(a, a, axes, axis_name)
+    bb = _numerics.sum_of_products(b, b, axes, axis_name)
+    change = a - b
+    equal = _numerics.sum_of_products(change, change, axes, axis_name) == 0
+    inv_a = _numerics.safe_ratio(1.0, jnp.sqrt(aa))
+    inv_b = _numerics.safe_ratio(1.0, jnp.sqrt(bb))
+    diff = a * inv_a - b * inv_b
+    out.append(_UnitPair(_numerics.sum_of_products(diff, diff, axes, axis_name),
+                         equal, aa == 0, bb == 0))
+  return out
+
+
 # -- selecting leaves -------------------------------------------------------------------------
-
-
-def _every_leaf(params: Any) -> Any:
-  return jax.tree.map(lambda _: True, params)
 
 
 class _Selection(NamedTuple):
@@ -125,22 +158,14 @@ class _Selection(NamedTuple):
     return self.flat.unflatten(out)
 
 
-def _select(
-    params: Any, other: Any, mask: Any, rotation_axes: Any, caller: str,
-    names: tuple[str, str], fix: str,
-) -> _Selection:
-  flat_a, flat_b = _tree.flatten(params), _tree.flatten(other)
-  _tree.check_same_structure(flat_a, flat_b, caller, names=names, fix=fix)
-  plan = _plan.make_plan(
-      params, mask=mask, rotation_axes=rotation_axes, layer_order=None, caller=caller,
-      check_dtypes=False,
-  )
-  chosen = [i for i, leaf in enumerate(plan.leaves) if leaf.is_layer]
+def _select(spec: _plan.LayerSpec, params: Any, other: Any, names, fix) -> _Selection:
+  """The measured leaves of ``params`` and ``other`` (checked to have one structure)."""
+  second, first, plan = spec.pair(params, other, names, fix)
   return _Selection(
-      flat_a,
-      chosen,
-      [(flat_a.leaves[i], flat_b.leaves[i]) for i in chosen],
-      [plan.leaves[i].vector_axes for i in chosen],
+      first,
+      plan.layers,
+      [(first.leaves[i], second.leaves[i]) for i in plan.layers],
+      [plan.leaves[i].vector_axes for i in plan.layers],
   )
 
 
@@ -161,8 +186,8 @@ def cosine_distance(
   r"""Layer rotation: the cosine distance between each leaf and its initial value.
 
   .. math::
-    d = 1 - \cos\theta = \frac{\|p\|^2}{\|w\| (\|w\| + k \|w_0\|)} \in [0, 2], \qquad
-    w = k\, w_0 + p, \; p \perp w_0,
+    d = 1 - \cos\theta = \tfrac12 \Big\| \frac{w}{\|w\|} - \frac{w_0}{\|w_0\|} \Big\|^2
+    \in [0, 2]
 
   computed in float32 in a form that is exactly 0 for identical leaves and accurate down
   to angles of 1e-4 rad. A zero-norm leaf has no direction: its distance is 0 to another
@@ -195,11 +220,11 @@ def cosine_distance(
     >>> {k: float(v) for k, v in cosine_distance(w, w0).items()}
     {'bias': 0.0, 'kernel': 1.0}
   """
-  selection = _select(
-      params, init_params, _every_leaf if mask is None else mask, rotation_axes,
-      "cosine_distance", ("params", "reference params"), _PAIRS_FIX,
+  spec = _plan.LayerSpec(
+      "cosine_distance", mask, rotation_axes, every_leaf=True, real_layers=False
   )
-  pairs = _pairs(selection.pairs, selection.vector_axes, axis_name)
+  selection = _select(spec, params, init_params, ("params", "reference params"), _PAIRS_FIX)
+  pairs = _unit_pairs(selection.pairs, selection.vector_axes, axis_name)
   return selection.per_leaf([pair.cosine_distance() for pair in pairs])
 
 
@@ -214,10 +239,10 @@ def rotation_angle(
   r"""The angle in radians between each leaf of two pytrees, accurate in float32.
 
   .. math::
-    \theta = \operatorname{atan2}\big(\|p\|,\; k \|b\|\big), \qquad
-    a = k\, b + p, \quad p \perp b
+    \theta = 2 \operatorname{atan2}\big(\|\hat a - \hat b\|, \|\hat a + \hat b\|\big)
 
-  for each leaf :math:`a` of ``params`` and :math:`b` of ``other_params``. One Layca step
+  with :math:`\hat a = a / \|a\|`, for each leaf :math:`a` of ``params`` and :math:`b` of
+  ``other_params``. One Layca step
   rotates each layer by :math:`\arctan \rho_l(t)`: ``rotation_angle(new_params, params)``
   measures it. A zero leaf is at angle 0 from another zero leaf and :math:`\pi / 2` from
   anything else.
@@ -240,11 +265,11 @@ def rotation_angle(
     >>> print(f"{float(rotation_angle(a, b)['kernel']):.6f}")  # pi / 4
     0.785398
   """
-  selection = _select(
-      params, other_params, _every_leaf if mask is None else mask, rotation_axes,
-      "rotation_angle", ("params", "reference params"), _PAIRS_FIX,
+  spec = _plan.LayerSpec(
+      "rotation_angle", mask, rotation_axes, every_leaf=True, real_layers=False
   )
-  pairs = _pairs(selection.pairs, selection.vector_axes, axis_name)
+  selection = _select(spec, params, other_params, ("params", "reference params"), _PAIRS_FIX)
+  pairs = _unit_pairs(selection.pairs, selection.vector_axes, axis_name)
   return selection.per_leaf([pair.angle() for pair in pairs])
 
 
@@ -256,13 +281,17 @@ class MeasureRotationState(NamedTuple):
   angles: Any
 
 
-def _measured_step(params: Any, updates: Any, mask: Any, axis_name, rotation_axes) -> Any:
+def _measured_step(spec: _plan.LayerSpec, params: Any, updates: Any, axis_name) -> Any:
   """The angle of each measured layer's step (``None`` for the other leaves)."""
-  selection = _select(
-      params, updates, mask, rotation_axes, "measure_rotation", ("params", "updates"),
-      "Pass the params the updates apply to: tx.update(grads, state, params).",
+  updates, params, plan = spec.prepare(
+      updates, params, fix="Pass the params the updates apply to: "
+      "tx.update(grads, state, params).",
   )
-  steps = _steps(selection.pairs, selection.vector_axes, axis_name)
+  selection = _Selection(
+      params, plan.layers, [(params.leaves[i], updates.leaves[i]) for i in plan.layers],
+      [plan.leaves[i].vector_axes for i in plan.layers],
+  )
+  steps = _changes(selection.pairs, selection.vector_axes, axis_name)
   return selection.per_leaf([step.angle() for step in steps])
 
 
@@ -314,14 +343,10 @@ def measure_rotation(
     >>> print(f"{float(rotation_rates(state)['w']):.5f}")  # arctan(0.1)
     0.09967
   """
-  caller = "measure_rotation"
-  layers = _plan.default_mask if mask is None else mask
+  spec = _plan.LayerSpec("measure_rotation", mask, rotation_axes, real_layers=False)
 
   def init_fn(params):
-    plan = _plan.make_plan(
-        params, mask=layers, rotation_axes=rotation_axes, layer_order=None,
-        caller=caller, check_dtypes=False,
-    )
+    plan = spec.plan(params)
     zeros = [
         jnp.zeros(leaf.vector_count_shape, jnp.float32) if leaf.is_layer else None
         for leaf in plan.leaves
@@ -329,8 +354,7 @@ def measure_rotation(
     return MeasureRotationState(angles=_tree.flatten(params).unflatten(zeros))
 
   def update_fn(updates, state, params=None):
-    _tree.check_params(params, caller)
-    angles = _measured_step(params, updates, layers, axis_name, rotation_axes)
+    angles = _measured_step(spec, params, updates, axis_name)
     # The new angles in the containers of the old state (an NNX State stays a State).
     angles = jax.tree.unflatten(jax.tree.structure(state.angles), jax.tree.leaves(angles))
     return updates, MeasureRotationState(angles=angles)

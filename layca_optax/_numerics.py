@@ -64,6 +64,17 @@ def as_f32(x: Any) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
 
+def concrete_float(x: Any) -> float | None:
+  """``float(x)`` when ``x`` is a concrete number, ``None`` when it is traced."""
+  # float('0.1') would parse a string: a number given as text is a bug to report.
+  if isinstance(x, (jax.core.Tracer, str, bytes)):
+    return None
+  try:
+    return float(x)
+  except (jax.errors.ConcretizationTypeError, TypeError):
+    return None
+
+
 def safe_ratio(num: Any, den: Any) -> jax.Array:
   """``num / den`` where ``den != 0``, else 0 (no NaN in either branch's gradient)."""
   nonzero = den != 0

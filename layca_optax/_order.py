@@ -11,7 +11,6 @@ paths alone (:func:`natural_order`) or by tracing one forward pass
 from __future__ import annotations
 
 import itertools
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,20 +26,6 @@ except ImportError:  # pragma: no cover
   _Literal = None
 
 __all__ = ["natural_order", "forward_order"]
-
-_DIGIT_RUN = re.compile(r"(\d+)")
-
-
-def natural_key(path: str) -> tuple[tuple[str | int, ...], str]:
-  """Sort key of ``path`` comparing digit runs as numbers.
-
-  ``re.split`` with a capturing group alternates text (even positions) and digit runs
-  (odd positions), so two keys only ever compare ``str`` with ``str`` and ``int`` with
-  ``int``. The path itself breaks the ties between ``'a01'`` and ``'a1'``.
-  """
-  parts = _DIGIT_RUN.split(path)
-  return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path
-
 
 def natural_order(params: Any) -> list[str]:
   """Leaf paths of ``params`` sorted with digit runs compared as numbers.
@@ -64,7 +49,7 @@ def natural_order(params: Any) -> list[str]:
     >>> natural_order(params)
     ['Dense_1/kernel', 'Dense_2/kernel', 'Dense_10/kernel']
   """
-  return sorted(_tree.leaf_paths(params), key=natural_key)
+  return sorted(_tree.leaf_paths(params), key=_tree.natural_key)
 
 
 def forward_order(
@@ -231,7 +216,7 @@ def _sort_by_first_use(paths: Sequence[str], first_use: dict[int, int]) -> list[
 
   def key(i: int):
     tick = first_use.get(i)
-    return (tick is None, -1 if tick is None else tick, natural_key(paths[i]))
+    return (tick is None, -1 if tick is None else tick, _tree.natural_key(paths[i]))
 
   return [paths[i] for i in sorted(range(len(paths)), key=key)]
 

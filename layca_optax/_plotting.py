@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 from layca_optax import _plan, _tree
-from layca_optax._order import natural_key
 
 __all__ = ["plot_layer_rotation_curves", "plot_rotation_rates"]
 
@@ -159,7 +158,7 @@ def _rate_columns(
   leaves = [np.asarray(x, dtype=np.float64) for x in jax.device_get(list(flat.leaves))]
   by_path = dict(zip(flat.paths, leaves))
   if layer_order is None:
-    order = sorted(by_path, key=natural_key)
+    order = sorted(by_path, key=_tree.natural_key)
   else:
     if isinstance(layer_order, str):
       raise TypeError(f"{caller}: `layer_order` must be a list of paths, got a string.")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from layca_optax import _plan, _tree
+from layca_optax import _numerics, _tree
 
 __all__ = ["PerLeafRates", "replay_rates"]
 
@@ -63,12 +63,12 @@ class PerLeafRates:
       if value is not None and not callable(value):
         _check_concrete_rates(np.asarray(value), "PerLeafRates")
 
-  def per_leaf(self, params: Any, caller: str) -> list[Any]:
+  def per_leaf(self, params: Any, owner: str) -> list[Any]:
     """Each leaf's rate or schedule (``default`` where ``None``), flattening order."""
     full = _tree.broadcast_prefix(self.rates, params, is_leaf=_is_rate)
     if full is None:
       raise ValueError(
-          f"{caller}: PerLeafRates.rates must have the structure of the params (or a "
+          f"{owner}: PerLeafRates.rates must have the structure of the params (or a "
           "prefix of it) with a float, schedule or None per leaf. Its structure does not "
           f"fit the params:\n  rates:  {jax.tree.structure(self.rates, is_leaf=_is_rate)}"
           f"\n  params: {jax.tree.structure(_tree.unwrap(params))}\nFor example "
@@ -77,36 +77,36 @@ class PerLeafRates:
     return [self.default if rate is None else rate for rate in full]
 
 
-def _check_concrete_rates(values: np.ndarray, caller: str) -> None:
+def _check_concrete_rates(values: np.ndarray, owner: str) -> None:
   if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
     raise TypeError(
-        f"{caller}: a learning rate must be a real number or a schedule, got an array of "
+        f"{owner}: a learning rate must be a real number or a schedule, got an array of "
         f"dtype {values.dtype}. For example 0.1 or optax.constant_schedule(0.1)."
     )
   bad = ~(np.isfinite(values) & (values >= 0))
   if bad.any():
     raise ValueError(
-        f"{caller}: learning rates must be finite numbers >= 0 (tan of the angle per "
+        f"{owner}: learning rates must be finite numbers >= 0 (tan of the angle per "
         f"step), got {values[bad].ravel()[:3].tolist()}. For example 3**-3."
     )
 
 
-def check_learning_rate(learning_rate: Any, caller: str) -> None:
+def check_learning_rate(learning_rate: Any, owner: str) -> None:
   """Raises for a concrete negative or non-finite learning rate, or a wrong type."""
   if callable(learning_rate) or isinstance(learning_rate, PerLeafRates):
     return  # a PerLeafRates checked its constant rates when it was built
-  value = _plan.concrete_float(learning_rate)
+  value = _numerics.concrete_float(learning_rate)
   if value is None:
     if isinstance(learning_rate, jax.core.Tracer):
       return  # injected (optax.inject_hyperparams) under jit: checked when concrete
     raise TypeError(
-        f"{caller}: learning_rate must be a float or an optax schedule (a callable "
+        f"{owner}: learning_rate must be a float or an optax schedule (a callable "
         f"step -> rate) or a layca_optax.PerLeafRates, got {learning_rate!r}. For example "
         "learning_rate=3**-3 or optax.piecewise_constant_schedule(3**-3, {8000: 0.2})."
     )
   if not value >= 0 or value == float("inf"):
     raise ValueError(
-        f"{caller}: learning_rate must be a finite number >= 0, got {value}. Layca's "
+        f"{owner}: learning_rate must be a finite number >= 0, got {value}. Layca's "
         "rate rho is tan(angle per step) and the step always descends; for example "
         "learning_rate=3**-3 rotates each layer by arctan(1/27) = 2.1 degrees per step."
     )
@@ -119,7 +119,7 @@ def rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Arra
   rate = learning_rate(count)
   # Outside jit the schedule's value is known: check it as the constructor checks a
   # constant (a negative rate would rotate uphill). Under jit it is traced: no check.
-  value = _plan.concrete_float(rate) if jnp.ndim(rate) == 0 else None
+  value = _numerics.concrete_float(rate) if jnp.ndim(rate) == 0 else None
   if value is not None and not 0.0 <= value < float("inf"):
     raise ValueError(
         f"The learning-rate schedule returned {value} at step {int(count)}; Layca needs "
@@ -129,23 +129,22 @@ def rate_at(learning_rate: optax.ScalarOrSchedule, count: jax.Array) -> jax.Arra
   return jnp.asarray(rate, jnp.float32)
 
 
-def leaf_rates(
-    learning_rate: Any, count: jax.Array, params: Any, plan: _plan.Plan, caller: str
-) -> list[jax.Array]:
+def leaf_rates(learning_rate: Any, count: jax.Array, params: Any, plan: Any) -> list[jax.Array]:
   """rho(t) of every leaf (float32): the global rate, or each leaf's own.
 
-  A leaf's rate is a scalar, or for a leaf with rotation axes an array with one value per
-  rotating vector, returned with size-1 vector axes so that it broadcasts on the leaf.
+  ``plan`` is the params' ``_plan.LayerPlan``. A leaf's rate is a scalar, or for a leaf
+  with rotation axes an array with one value per rotating vector, returned with size-1
+  vector axes so that it broadcasts on the leaf.
   """
   if not isinstance(learning_rate, PerLeafRates):
     return [rate_at(learning_rate, count)] * len(plan.leaves)
   out = []
-  for rate, leaf in zip(learning_rate.per_leaf(params, caller), plan.leaves):
+  for rate, leaf in zip(learning_rate.per_leaf(params, plan.owner), plan.leaves):
     rho = rate_at(rate, count)
     if rho.ndim:
       if rho.shape != leaf.vector_count_shape:
         raise ValueError(
-            f"{caller}: the rate of {leaf.path!r} has shape {rho.shape}; a rate is a "
+            f"{plan.owner}: the rate of {leaf.path!r} has shape {rho.shape}; a rate is a "
             "scalar, or one value per rotating vector of the leaf: shape "
             f"{leaf.vector_count_shape} for its rotation axes {leaf.vector_axes}."
         )

@@ -26,8 +26,6 @@ Rules shared with ``layca``:
 from __future__ import annotations
 
 import functools
-import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -47,35 +45,8 @@ __all__ = [
     "scale_by_layer_rates",
 ]
 
-class _Leaves(NamedTuple):
-  """Updates and params of one call, flattened once, and the params' layer plan."""
-
-  updates: _tree.Flat
-  params: _tree.Flat
-  plan: _plan.Plan
-
-
-def _prepare(
-    updates: Any,
-    params: Any,
-    caller: str,
-    *,
-    mask: _plan.MaskOrFn,
-    rotation_axes: _plan.AxesOrFn,
-    layer_order: Sequence[str] | None = None,
-) -> _Leaves:
-  _tree.check_params(params, caller)
-  flat_u, flat_p = _tree.flatten(updates), _tree.flatten(params)
-  _tree.check_same_structure(flat_u, flat_p, caller)
-  plan = _plan.make_plan(
-      params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
-      caller=caller,
-  )
-  return _Leaves(flat_u, flat_p, plan)
-
-
 def _map_layers(
-    leaves: _Leaves, fn: Callable[..., jax.Array], axis_name, *per_leaf: Sequence[Any]
+    leaves: _plan.Prepared, fn: Callable[..., jax.Array], axis_name, *per_leaf: Sequence[Any]
 ) -> Any:
   """Applies ``fn(update, param, *extras, sum_of_products=...)`` to layer leaves (the
   sums per rotating vector); other leaves pass unchanged."""
@@ -146,11 +117,10 @@ def project_orthogonal(
     [[0.0, 3.0], [0.0, 0.0]]
   """
 
+  spec = _plan.LayerSpec("project_orthogonal", mask, rotation_axes)
+
   def update_fn(updates, state, params=None):
-    leaves = _prepare(
-        updates, params, "project_orthogonal", mask=mask, rotation_axes=rotation_axes
-    )
-    return _map_layers(leaves, _project_leaf, axis_name), state
+    return _map_layers(spec.prepare(updates, params), _project_leaf, axis_name), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -199,11 +169,10 @@ def normalize_rotation(
     [[0.0, 5.0]]
   """
 
+  spec = _plan.LayerSpec("normalize_rotation", mask, rotation_axes)
+
   def update_fn(updates, state, params=None):
-    leaves = _prepare(
-        updates, params, "normalize_rotation", mask=mask, rotation_axes=rotation_axes
-    )
-    return _map_layers(leaves, _normalize_leaf, axis_name), state
+    return _map_layers(spec.prepare(updates, params), _normalize_leaf, axis_name), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -220,10 +189,10 @@ class ScaleByLayerRatesState(NamedTuple):
 
 
 def scale_by_layer_rates(
-    learning_rate: optax.ScalarOrSchedule,
+    learning_rate: optax.ScalarOrSchedule | _rates.PerLeafRates,
     *,
-    alpha: float = 0.0,
-    depth_exponent: float = 5.0,
+    alpha: jax.typing.ArrayLike = 0.0,
+    depth_exponent: jax.typing.ArrayLike = 5.0,
     layer_order: Sequence[str] | None = None,
     mask: _plan.MaskOrFn = None,
     axis_name: _numerics.AxisName | None = None,
@@ -263,24 +232,17 @@ def scale_by_layer_rates(
     >>> [round(float(step[k][0, 0]), 4) for k in 'ab']
     [-0.1, -0.05]
   """
-  _rates.check_learning_rate(learning_rate, "scale_by_layer_rates")
-  _plan.check_alpha(alpha, "scale_by_layer_rates")
-  caller = "scale_by_layer_rates"
+  spec = _plan.LayerSpec("scale_by_layer_rates", mask, rotation_axes, layer_order)
+  _rates.check_learning_rate(learning_rate, spec.owner)
+  _plan.check_alpha(alpha, spec.owner)
 
   def init_fn(params):
-    # Validates the mask and the layer order as soon as the params are known.
-    _plan.make_plan(
-        params, mask=mask, rotation_axes=rotation_axes, layer_order=layer_order,
-        caller=caller,
-    )
+    spec.plan(params)  # validates the mask and the layer order as soon as params are known
     return ScaleByLayerRatesState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(
-        updates, params, caller, mask=mask, rotation_axes=rotation_axes,
-        layer_order=layer_order,
-    )
-    rhos = _rates.leaf_rates(learning_rate, state.count, params, leaves.plan, caller)
+    leaves = spec.prepare(updates, params)
+    rhos = _rates.leaf_rates(learning_rate, state.count, params, leaves.plan)
     rates = _plan.layer_rates(leaves.plan, rhos, alpha, depth_exponent)
     out = []
     for s, w, leaf, rho, rho_l in zip(
@@ -305,60 +267,6 @@ class ProjectToSphereState(NamedTuple):
   # The params' structure: ||w_0|| (float32) for layer leaves, 0 for the others; one
   # value per rotating vector (a scalar for a whole leaf; shape = the non-rotation axes).
   initial_norms: Any
-
-
-def initial_norms(
-    params: Any, plan: _plan.Plan, caller: str, axis_name: _numerics.AxisName | None
-) -> Any:
-  """Float32 norm of each layer's vectors (a float32 0 for other leaves); warns on zero
-  norms and on one-element layers. The ``initial_norms`` of ``LaycaState`` and
-  ``ProjectToSphereState``."""
-  flat = _tree.flatten(params)
-  norms = [
-      jnp.squeeze(
-          jnp.sqrt(_numerics.sum_of_products(w, w, leaf.vector_axes, axis_name)),
-          axis=leaf.vector_axes,
-      )
-      if leaf.is_layer else jnp.zeros([], jnp.float32)
-      for w, leaf in zip(flat.leaves, plan.leaves)
-  ]
-  _warn_single_elements(flat, plan, caller)
-  _warn_zero_norms(plan, norms, caller)
-  return flat.unflatten(norms)
-
-
-def _warn_single_elements(flat: _tree.Flat, plan: _plan.Plan, caller: str) -> None:
-  single = [
-      leaf.path
-      for w, leaf in zip(flat.leaves, plan.leaves)
-      if leaf.is_layer and math.prod(jnp.shape(w)[i] for i in leaf.vector_axes) == 1
-  ]
-  if single:
-    warnings.warn(
-        f"{caller}: layer leaves {single} have a single element. A one-element vector has "
-        "no direction to rotate to (every step is parallel to it), so Layca never changes "
-        "them. Exclude them from the layers with `mask=` (they then get "
-        "-learning_rate * step), or freeze them on purpose with optax.partition.",
-        stacklevel=3,
-    )
-
-
-def _warn_zero_norms(plan: _plan.Plan, norms: Sequence[jax.Array], caller: str) -> None:
-  try:
-    zero = [
-        leaf.path for leaf, n in zip(plan.leaves, norms)
-        if leaf.is_layer and bool(jnp.any(n == 0))
-    ]
-  except jax.errors.ConcretizationTypeError:
-    return  # traced (jit, eval_shape): values unknown
-  if zero:
-    warnings.warn(
-        f"{caller}: layer leaves {zero} have zero norm at init. A zero vector has no "
-        "direction to rotate, so they get plain -learning_rate * step updates and are "
-        "never projected back to a sphere. Initialise them with non-zero values (e.g. "
-        "He/LeCun init) or exclude them from the layers with `mask=`.",
-        stacklevel=3,
-    )
 
 
 def _sphere_leaf(u: jax.Array, w: jax.Array, norm0: jax.Array, *, sum_of_products) -> jax.Array:
@@ -410,18 +318,15 @@ def project_to_sphere(
     >>> (w['kernel'] + step['kernel']).tolist()  # doubled, then back to norm 5
     [[3.0, 4.0]]
   """
-  caller = "project_to_sphere"
+  spec = _plan.LayerSpec("project_to_sphere", mask, rotation_axes)
 
   def init_fn(params):
-    plan = _plan.make_plan(
-        params, mask=mask, rotation_axes=rotation_axes, layer_order=None, caller=caller
-    )
     return ProjectToSphereState(
-        initial_norms=initial_norms(params, plan, caller, axis_name)
+        initial_norms=_plan.initial_norms(spec.plan(params), params, axis_name)
     )
 
   def update_fn(updates, state, params=None):
-    leaves = _prepare(updates, params, caller, mask=mask, rotation_axes=rotation_axes)
+    leaves = spec.prepare(updates, params)
     norms0 = [
         leaf.expand(n) if leaf.is_layer else n
         for leaf, n in zip(leaves.plan.leaves, _tree.flatten(state.initial_norms).leaves)

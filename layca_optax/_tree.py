@@ -9,6 +9,7 @@ leaves and unwrapped, so that a ``State`` of Variables and the ``State`` of arra
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -35,6 +36,20 @@ def unwrap(tree: Any) -> Any:
 def _value(variable: Any) -> Any:
   get_value = getattr(variable, "get_value", None)  # Flax >= 0.11; `.value` before.
   return get_value() if get_value is not None else variable.value
+
+
+_DIGIT_RUN = re.compile(r"(\d+)")
+
+
+def natural_key(path: str) -> tuple[tuple[str | int, ...], str]:
+  """Sort key of ``path`` comparing digit runs as numbers (``'Dense_2'`` before ``'Dense_10'``).
+
+  ``re.split`` with a capturing group alternates text (even positions) and digit runs
+  (odd positions), so two keys only ever compare ``str`` with ``str`` and ``int`` with
+  ``int``. The path itself breaks the ties between ``'a01'`` and ``'a1'``.
+  """
+  parts = _DIGIT_RUN.split(path)
+  return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), path
 
 
 def path_str(path: tuple[Any, ...]) -> str:
@@ -64,11 +79,12 @@ def leaf_paths(tree: Any) -> list[str]:
   """The path of every leaf of ``tree``, in JAX's flattening order.
 
   Paths join keys with ``'/'``; Flax NNX Variables count as leaves. These are the strings
-  ``layer_order``, ``forward_order`` and ``natural_order`` use.
+  ``layer_order``, ``forward_order`` and ``natural_order`` use. (Deprecated as
+  ``layca_optax.leaf_paths``.)
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from layca_optax import leaf_paths
+    >>> from layca_optax._tree import leaf_paths
     >>> leaf_paths({'Dense_0': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}})
     ['Dense_0/bias', 'Dense_0/kernel']
   """
@@ -78,11 +94,12 @@ def leaf_paths(tree: Any) -> list[str]:
 def leaves_by_path(tree: Any) -> dict[str, Any]:
   """``{path: leaf}`` for every leaf of ``tree`` (``None`` leaves are skipped).
 
-  Handy to read per-layer results such as ``cosine_distance(...)`` by name.
+  Handy to read per-layer results such as ``cosine_distance(...)`` by name. (Deprecated
+  as ``layca_optax.leaves_by_path``.)
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from layca_optax import leaves_by_path
+    >>> from layca_optax._tree import leaves_by_path
     >>> leaves_by_path({'a': {'w': 1.0}, 'b': [2.0, None]})
     {'a/w': 1.0, 'b/0': 2.0}
   """
@@ -148,25 +165,8 @@ def broadcast_prefix(
   return [b.value for b in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, _Boxed))]
 
 
-def check_params(params: Any, caller: str) -> None:
-  """Raises the optax-style error for a transform that needs ``params``."""
-  if params is None:
-    raise ValueError(
-        f"{caller} needs the current parameters: call "
-        "`tx.update(grads, opt_state, params)` (optax.MultiSteps, optax.chain and "
-        "nnx.Optimizer pass them on). Got params=None."
-    )
-
-
-_GRADIENTS_FIX = "Pass the gradients of exactly the params tree the optimizer was initialised with."
-
-
 def check_same_structure(
-    updates: Flat,
-    params: Flat,
-    caller: str,
-    names: tuple[str, str] = ("updates", "params"),
-    fix: str = _GRADIENTS_FIX,
+    updates: Flat, params: Flat, owner: str, names: tuple[str, str], fix: str
 ) -> None:
   """Raises a ValueError naming the first path where two flattened trees differ."""
   if updates.treedef == params.treedef:
@@ -175,18 +175,18 @@ def check_same_structure(
   for i, (pu, pp) in enumerate(zip(updates.paths, params.paths)):
     if pu != pp:
       raise ValueError(
-          f"{caller}: the {first} and the {second} have different structures; the first "
+          f"{owner}: the {first} and the {second} have different structures; the first "
           f"difference is leaf {i}: {first} have {pu!r} where {second} have {pp!r}. {fix}"
       )
   nu, np_ = len(updates.paths), len(params.paths)
   if nu != np_:
     longer, name = (updates, first) if nu > np_ else (params, second)
     raise ValueError(
-        f"{caller}: the {first} have {nu} leaves and the {second} {np_}; the first leaf "
+        f"{owner}: the {first} have {nu} leaves and the {second} {np_}; the first leaf "
         f"only in the {name} is {longer.paths[min(nu, np_)]!r}. {fix}"
     )
   raise ValueError(
-      f"{caller}: the {first} and the {second} have the same paths but different pytree "
+      f"{owner}: the {first} and the {second} have the same paths but different pytree "
       f"types:\n  {first}: {updates.treedef}\n  {second}: {params.treedef}\nConvert "
       "both to the same container types."
   )

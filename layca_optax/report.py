@@ -32,8 +32,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import layca_optax
-from layca_optax import _checkpoints, _plotting
+from layca_optax import _checkpoints, _curves, _plotting
 
 __all__ = ["Report", "first_step_above", "main", "summary_markdown", "write_report"]
 
@@ -57,7 +56,7 @@ class Report:
     files: the written files: curves, figure, summary.
   """
 
-  curves: layca_optax.LayerRotationCurves
+  curves: _curves.LayerRotationCurves
   skipped: list[_checkpoints.SkippedStep]
   info: dict[str, Any]
   axes: Any
@@ -86,7 +85,7 @@ def _format_step(step: int | None, steps_per_epoch: float | None) -> str:
 
 
 def summary_markdown(
-    curves: layca_optax.LayerRotationCurves,
+    curves: _curves.LayerRotationCurves,
     skipped: Sequence[_checkpoints.SkippedStep],
     info: Mapping[str, Any],
     *,
@@ -136,7 +135,7 @@ def summary_markdown(
 
 
 def _save_curves(
-    path: pathlib.Path, curves: layca_optax.LayerRotationCurves,
+    path: pathlib.Path, curves: _curves.LayerRotationCurves,
     skipped: Sequence[_checkpoints.SkippedStep], info: Mapping[str, Any],
 ) -> None:
   """``curves.save`` (readable by ``LayerRotationCurves.load``) plus what was read."""
@@ -188,7 +187,7 @@ def write_report(
   out_dir.mkdir(parents=True, exist_ok=True)
   files = [out_dir / CURVES_FILE, out_dir / FIGURE_FILE, out_dir / SUMMARY_FILE]
   _save_curves(files[0], curves, skipped, info)
-  axes = layca_optax.plot_layer_rotation_curves(
+  axes = _plotting.plot_layer_rotation_curves(
       curves, steps_per_epoch=steps_per_epoch,
       title=title if title is not None else pathlib.Path(info["directory"]).name,
       legend=len(curves.values) <= MAX_LEGEND_LAYERS,
@@ -233,13 +232,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   """The command line (``--help`` documents every option)."""
   parser = argparse.ArgumentParser(
       prog="python -m layca_optax.report",
-      description="Layer rotation curves and a short report from a run's orbax "
-      "checkpoints: each layer's cosine distance to its params at a reference step "
-      "(the initialisation if step 0 was saved). Writes curves.json, "
+      description="Layer rotation curves and a short report from a run's orbax\n"
+      "checkpoints: each layer's cosine distance to its params at a reference step\n"
+      "(the initialisation if step 0 was saved). Writes curves.json,\n"
       "layer_rotation.png and summary.md to --out.",
-      epilog="Steps are read one at a time on the host (NumPy), params only. From "
-      "Python, layca_optax.curves_from_checkpoints(...) also takes mask= and "
-      "rotation_axes=.",
+      epilog="needs the checkpoint extra:\n"
+      "  pip install 'layca_optax[checkpoint]'\n"
+      "a checkpoint directory to try it on (the main job's runs, from a checkout):\n"
+      "  python -m examples.mnist --checkpoint-dir /tmp/ck   # /tmp/ck/Layca_SGD, /tmp/ck/SGD\n"
+      "  python -m layca_optax.report /tmp/ck/SGD --out /tmp/report\n"
+      "Steps are read one at a time on the host (NumPy), params only. From Python,\n"
+      "layca_optax.curves_from_checkpoints(...) also takes mask= and rotation_axes=.",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   parser.add_argument(
       "directory", type=pathlib.Path, metavar="CHECKPOINT_DIR",

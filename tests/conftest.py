@@ -45,17 +45,13 @@ def key():
 
 
 def pytest_collection_modifyitems(items):
-  """Runs the end-to-end files (half their tests or more ``slow``) first, the docs build last
-  of them.
+  """Runs the end-to-end files (half their tests or more ``slow``) first.
 
   With ``--dist loadfile`` each file goes whole to one pytest-xdist worker, in this
   order: the long files start while the many short ones fill in the end, instead of one
   long file running alone at the end (the docs build and the multi-device child run
-  started ~6 min into a 7 min 40 s run before; 6 min 47 s with this order). The docs build
-  renders the notebooks' executed copies, which ``tests/project/test_notebooks.py`` also
-  makes (``notebooks/execute.py`` runs each once and the other waits on its lock): the docs
-  file is queued last of the long ones so that the notebooks are more likely done by then.
-  Within a file, the order is unchanged.
+  started ~6 min into a 7 min 40 s run before; 6 min 47 s with this order). Within a
+  file, the order is unchanged.
   """
   by_file: dict = {}
   for item in items:
@@ -63,7 +59,7 @@ def pytest_collection_modifyitems(items):
 
   def key(file_items):
     slow = sum(1 for item in file_items if item.get_closest_marker("slow"))
-    return (2 * slow < len(file_items), file_items[0].path.name == "test_docs.py")
+    return 2 * slow < len(file_items)
 
   ordered = sorted(by_file.values(), key=key)
   items[:] = [item for file_items in ordered for item in file_items]

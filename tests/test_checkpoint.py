@@ -25,7 +25,7 @@ STEPS, SAVE_AT = 8, 4
 def make_tx():
   """Momentum base, layer-wise rates and a schedule that decays after the checkpoint."""
   schedule = optax.piecewise_constant_schedule(0.2, {6: 0.3})
-  return lo.layca(schedule, base=optax.trace(0.9), alpha=0.5)
+  return lo.layca(schedule, base_optimizer=optax.trace(0.9), alpha=0.5)
 
 
 def init_params():
@@ -91,7 +91,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path):
   target = jax.eval_shape(lambda: {"params": init_params(), "opt_state": tx.init(init_params())})
   restored = restore(tmp_path / "ckpt", target)
   assert_bit_identical(restored["opt_state"], mid_state)
-  assert isinstance(restored["opt_state"][1], lo.LaycaState)
+  assert isinstance(restored["opt_state"][1], lo.ScaleByLaycaState)
   assert int(restored["opt_state"][1].count) == SAVE_AT
   resumed = run(tx, restored["params"], restored["opt_state"], range(SAVE_AT, STEPS))
   assert_bit_identical(resumed, uninterrupted)
@@ -107,6 +107,6 @@ def test_restoring_into_another_optimizer_structure_fails_loudly(tmp_path):
   params = init_params()
   save(tmp_path / "ckpt", tx.init(params))
   # Adam's state (mu, nu, count) is not momentum's (trace): the restore refuses it.
-  other = lo.layca(0.1, base=optax.scale_by_adam())
+  other = lo.layca(0.1, base_optimizer=optax.scale_by_adam())
   with pytest.raises((ValueError, KeyError, TypeError)):
     restore(tmp_path / "ckpt", jax.eval_shape(other.init, params))

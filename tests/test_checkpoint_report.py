@@ -24,6 +24,7 @@ import optax
 import pytest
 
 import layca_optax as lo
+from layca_optax._tree import leaves_by_path
 
 ocp = pytest.importorskip("orbax.checkpoint")
 pytest.importorskip("matplotlib")
@@ -81,7 +82,7 @@ def expected_curves(params_by_step, reference_step):
   reference = params_by_step[reference_step]
   values = {}
   for params in params_by_step.values():
-    distances = lo.leaves_by_path(
+    distances = leaves_by_path(
         lo.cosine_distance(params, reference, mask=lo.default_mask)
     )
     for path, value in distances.items():

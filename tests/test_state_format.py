@@ -32,7 +32,7 @@ def described(tree):
   ]
 
 
-# The state of layca(base=optax.trace(0.9)) for MLP, as nnx.Optimizer holds it. Changing
+# The state of layca(base_optimizer=optax.trace(0.9)) for MLP, as nnx.Optimizer holds it. Changing
 # this list breaks every checkpoint users have written: don't, unless on purpose.
 PINNED = [
     ("[0].trace['hidden']['bias'].value", (4,), "float32"),
@@ -49,7 +49,7 @@ PINNED = [
 
 def test_the_state_of_a_flax_model_is_pinned():
   params = nnx.state(MLP(nnx.Rngs(0)), nnx.Param)
-  state = lo.layca(0.1, base=optax.trace(0.9)).init(params)
+  state = lo.layca(0.1, base_optimizer=optax.trace(0.9)).init(params)
   assert described(state) == PINNED
   assert state[1]._fields == ("count", "initial_norms")
   kernel = params["hidden"]["kernel"].get_value()
@@ -64,7 +64,7 @@ def test_a_saved_state_continues_after_restore(tmp_path):
   rng = np.random.default_rng(0)
   params = {f"l{i}": jnp.asarray(rng.normal(size=(8, 8)), jnp.float32) for i in range(4)}
   grads = jax.tree.map(lambda x: jnp.cos(3 * x), params)
-  tx = lo.layca(0.1, base=optax.trace(0.9))
+  tx = lo.layca(0.1, base_optimizer=optax.trace(0.9))
   step = jax.jit(lambda p, s: tx.update(grads, s, p))
   state = tx.init(params)
   _, state = step(params, state)
@@ -74,7 +74,7 @@ def test_a_saved_state_continues_after_restore(tmp_path):
 
   with ocp.StandardCheckpointer() as checkpointer:
     restored = checkpointer.restore(tmp_path / "state", tx.init(params))
-  fresh = lo.layca(0.1, base=optax.trace(0.9))  # a new optimizer object, as after a restart
+  fresh = lo.layca(0.1, base_optimizer=optax.trace(0.9))  # a new optimizer object, as after a restart
   got, _ = jax.jit(lambda p, s: fresh.update(grads, s, p))(params, restored)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -66,3 +66,61 @@ def norm_rtol(rate: float, tangent_fraction: float = 1.0, size: int = 4096) -> f
   gamma = rate**2 / (1.0 + rate**2) * tangent_rtol(size)
   elementwise = 4 * 2 * EPS * rate / (tangent_fraction * math.sqrt(size))
   return gamma + 8 * EPS + elementwise
+
+
+#: One float32 operation on values (a product, a sum, a cast): within EPS of the float64
+#: result; a few chained ones, within ``ELEMENTWISE_RTOL``.
+ELEMENTWISE_RTOL = 4 * EPS
+
+
+def applied_angle_rtol(rate: float, size: int = 4096) -> float:
+  """Relative error of a Layca step's angle as measured between float32 params.
+
+  The step's own angle error and the measurement's (``angle_rtol`` each), plus the
+  rounding of ``w + u`` to float32: ``EPS |w_i|`` per element, random, of which the part
+  along the step's direction (size ``rate ||w||``) is about ``EPS ||w|| / sqrt(size)``;
+  four standard deviations, relative to the angle ``~ rate``.
+  """
+  return 2 * angle_rtol(size) + 4 * EPS / (min(rate, 1.0) * math.sqrt(size))
+
+
+def trajectory_rtol(
+    rate: float, steps: int, size: int = 4096, tangent_fraction: float = 1.0
+) -> float:
+  """Relative distance ``||w_float32 - w_exact|| / ||w||`` after ``steps`` Layca steps.
+
+  Each step moves ``w`` by ``rate ||w||`` in a direction off by ``angle_rtol`` and puts it
+  on its sphere to ``norm_rtol``; the errors of successive steps add (the gradients of
+  the tests do not amplify them over a few steps).
+  """
+  per_step = min(rate, 1.0) * angle_rtol(size) + norm_rtol(rate, tangent_fraction, size)
+  return steps * per_step + ELEMENTWISE_RTOL
+
+
+def assert_close_in_norm(actual, desired, rtol: float, err_msg: str = "") -> None:
+  """``||actual - desired|| <= rtol ||desired||`` (in float64): an error bound on a vector.
+
+  Elementwise relative tolerances do not follow from a bound on a vector's error: an
+  element near zero carries an error of the size of the others'.
+  """
+  import numpy as np
+
+  actual = np.asarray(actual, np.float64)
+  desired = np.asarray(desired, np.float64)
+  error = float(np.linalg.norm(actual - desired))
+  scale = float(np.linalg.norm(desired))
+  assert error <= rtol * scale, (
+      f"{err_msg}: ||actual - desired|| = {error:.3g} > {rtol:.3g} * ||desired|| "
+      f"= {rtol * scale:.3g}"
+  )
+
+
+def update_rtol(rate: float, tangent_fraction: float = 1.0, size: int = 4096) -> float:
+  """Relative error of a Layca update ``u = w' - w`` (``|u|`` is about ``rate |w|``).
+
+  ``w'``'s direction and norm errors (``angle_rtol`` of the angle ``rate``,
+  ``norm_rtol`` of ``|w|``), and the rounding of ``u`` itself, ``EPS |w_i|`` per element:
+  ``EPS / rate`` relative to ``|u|``.
+  """
+  small = min(rate, 1.0)
+  return angle_rtol(size) + (norm_rtol(rate, tangent_fraction, size) + 4 * EPS) / small

@@ -19,6 +19,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import layca_optax  # noqa: E402
+from layca_optax._tree import leaves_by_path  # noqa: E402
 from examples import adaptcopy, adaptive, experiment, training, warmup  # noqa: E402
 from tests.examples import TINY_CNN, TINY_DATA  # noqa: E402
 
@@ -171,7 +172,7 @@ def test_replayed_angles_match_an_nnx_state_with_none_for_unrecorded_leaves():
   grads = nnx.grad(lambda m: jnp.sum(m(jnp.ones((4, 3))) ** 2))(model)
   optimizer.update(model, grads)
   after = nnx.to_pure_dict(training.params_of(model))
-  angle = layca_optax.leaves_by_path(layca_optax.rotation_angle(after, before))
+  angle = leaves_by_path(layca_optax.rotation_angle(after, before))
   assert angle["layers/0/kernel"] == pytest.approx(0.1, rel=1e-4)
   assert angle["layers/1/kernel"] == pytest.approx(0.3, rel=1e-4)
   for layer in (0, 1):

@@ -32,7 +32,7 @@ def mesh_2d():
 def make_tx(kind: str, axis_name=None):
   """Layca (momentum, alpha) or the chain of its composable parts."""
   if kind == "layca":
-    return lo.layca(LR, base=optax.trace(0.9), alpha=-0.4, axis_name=axis_name)
+    return lo.layca(LR, base_optimizer=optax.trace(0.9), alpha=-0.4, axis_name=axis_name)
   return optax.chain(
       optax.trace(0.9),
       lo.project_orthogonal(axis_name=axis_name),
@@ -152,7 +152,7 @@ def test_kernels_sharded_on_2d_explicit_mesh_match_unsharded(kind):
 def test_init_on_sharded_params_keeps_the_params_sharding(jit):
   mesh = mesh_2d()
   sharded = shard(random_tree(SHAPES, 0), mesh)
-  tx = lo.layca(LR, base=optax.trace(0.9))
+  tx = lo.layca(LR, base_optimizer=optax.trace(0.9))
   base_state, layca_state = (jax.jit(tx.init) if jit else tx.init)(sharded)
   # The momentum buffers are sharded like the params: no leaf gathered on one device.
   for name, buffer in base_state.trace.items():

@@ -96,7 +96,7 @@ def mesh_2d():
 
 
 def make_tx(axis_name=None):
-  return lo.layca(LR, base=optax.trace(0.9), alpha=-0.4, axis_name=axis_name)
+  return lo.layca(LR, base_optimizer=optax.trace(0.9), alpha=-0.4, axis_name=axis_name)
 
 
 def layca_steps(params, noises, tx):
@@ -219,7 +219,7 @@ CHECKPOINT_SHAPES = {"conv": (3, 3, 4, 8), "dense": (8, 8), "bias": (8,)}
 
 def checkpoint_tx():
   schedule = optax.piecewise_constant_schedule(0.2, {4: 0.3})  # decays after the save
-  return lo.layca(schedule, base=optax.trace(0.9), alpha=0.5)
+  return lo.layca(schedule, base_optimizer=optax.trace(0.9), alpha=0.5)
 
 
 def checkpoint_steps(params, state, noises):

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
   grads = jax.tree.map(jnp.array, trees.random_like(params_np))
   check_forms(params, grads)
   candidates: list[run.Candidate] = [run.OptimizerCandidate(
-      run.REFERENCE, run.OPTIMIZERS[run.REFERENCE](), params_np, grads, settings
+      run.REFERENCE, run.OPTIMIZERS[run.REFERENCE](), params_np, [grads], settings
   )]
   for name, form in FORMS.items():
     candidates.append(run.FunctionCandidate(name, _over_tree(form), (params, grads), settings))

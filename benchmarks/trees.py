@@ -21,6 +21,7 @@ __all__ = [
     "random_like",
     "resnet32",
     "transformer",
+    "transformer_blocks",
     "transformer_stacked",
     "vgg18m",
 ]
@@ -162,6 +163,25 @@ def transformer(blocks: int = 83, dim: int = 64, seed: int = 0) -> Tree:
   return b.tree
 
 
+def transformer_blocks(blocks: int = 24, dim: int = 1024, seed: int = 0) -> Tree:
+  """An unstacked transformer's block kernels: tens to hundreds of medium leaves.
+
+  ``blocks`` blocks of q, k, v, out (dim x dim), mlp_in (dim x 4 dim) and mlp_out
+  (4 dim x dim) kernels, each with its bias: 12 leaves a block, 288 leaves and
+  302,211,072 params with the defaults (the GPU tree of issue 21); ``dim=256`` gives the
+  same 288 leaves in 18,929,664 params, the size timed on CPU.
+  """
+  b = _Builder(seed)
+  for i in range(blocks):
+    for name, d_in, d_out in [
+        ("q", dim, dim), ("k", dim, dim), ("v", dim, dim), ("out", dim, dim),
+        ("mlp_in", dim, 4 * dim), ("mlp_out", 4 * dim, dim),
+    ]:
+      b.kernel(f"b{i:02d}/{name}", (d_in, d_out))
+      b.vector(f"b{i:02d}/{name}/bias", d_out)
+  return b.tree
+
+
 def transformer_stacked(
     blocks: int = 12, dim: int = 256, vocab: int = 4096, seed: int = 0
 ) -> Tree:
@@ -199,6 +219,19 @@ TREES: dict[str, tuple[Callable[[], Tree], Callable[[], Tree]]] = {
     "transformer_1000": (transformer, lambda: transformer(blocks=2, dim=8)),
     "transformer_stacked": (
         transformer_stacked, lambda: transformer_stacked(blocks=2, dim=8, vocab=32)
+    ),
+    "blocks288": (
+        lambda: transformer_blocks(dim=256), lambda: transformer_blocks(blocks=2, dim=8)
+    ),
+}
+
+#: Accelerator-sized trees (issue 21's GPU table): not in the default list of
+#: ``benchmarks.run`` (1.2-1.3 GB of params each), timed with ``--trees NAME`` on a GPU.
+ACCELERATOR_TREES: dict[str, tuple[Callable[[], Tree], Callable[[], Tree]]] = {
+    "blocks302m": (transformer_blocks, lambda: transformer_blocks(blocks=2, dim=8)),
+    "stacked335m": (
+        lambda: transformer_stacked(blocks=24, dim=1024, vocab=32000),
+        lambda: transformer_stacked(blocks=2, dim=8, vocab=32),
     ),
 }
 

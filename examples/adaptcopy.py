@@ -66,7 +66,7 @@ def replayed_angles(params: Any, rotation_rates: Mapping[str, Sequence[float]]) 
   """
   tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
   leaves, treedef = jax.tree.flatten(tree)
-  paths = layca_optax.leaf_paths(tree)
+  paths = list(training.by_path(tree))
   unknown = set(rotation_rates) - set(paths)
   if unknown:
     raise ValueError(f"recorded paths {sorted(unknown)} are not leaves of the params {paths}")
@@ -89,7 +89,7 @@ def adaptcopy(
   """SGD_AMom + Layca whose layers rotate by the recorded angles; other leaves frozen."""
   angles = replayed_angles(params, rotation_rates)
   return layca_optax.layca(
-      layca_optax.replay_rates(angles), base=sgd_amom(momentum), layer_order=layer_order
+      layca_optax.replay_rates(angles), base_optimizer=sgd_amom(momentum), layer_order=layer_order
   )
 
 

@@ -11,7 +11,7 @@ with each method of ``--methods`` (default all three):
 
   (a) the plain method at a typical rate (``--adam-lr 1e-3``, ``--rmsprop-lr 1e-3``,
       ``--adagrad-lr 0.1``);
-  (b) ``layca(rho, base=<the method's scaling>)`` with rho(0) = 3**-4 (``--layca-lr``);
+  (b) ``layca(rho, base_optimizer=<the method's scaling>)`` with rho(0) = 3**-4 (``--layca-lr``);
   (c) with ``--sgd-reference``, also SGD + Layca at rho(0) = 3**-3;
 
 all with the rate x0.2 after 80 % of the epochs. It writes ``layer_rotation.png`` (a grid:
@@ -84,7 +84,7 @@ def runs(
   def with_layca(method, rate):
     base = optimizers.ADAPTIVE_BASES[method][0] if method else None
     return lambda c: layca_optax.layca(
-        decayed(rate, c), base=base() if base else None, layer_order=c.layer_order
+        decayed(rate, c), base_optimizer=base() if base else None, layer_order=c.layer_order
     )
 
   out = {method: plain(method) for method in methods}

@@ -67,7 +67,7 @@ def train(
   # Replicate the params on every device; the optimizer state created from them follows.
   nnx.update(model, jax.device_put(nnx.state(model), NamedSharding(mesh, P())))
   optimizer = nnx.Optimizer(
-      model, layca_optax.layca(LEARNING_RATE, base=optax.trace(0.9)), wrt=nnx.Param
+      model, layca_optax.layca(LEARNING_RATE, base_optimizer=optax.trace(0.9)), wrt=nnx.Param
   )
   batch_sharding = NamedSharding(mesh, P("data"))  # split the batch axis over devices
 

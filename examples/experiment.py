@@ -114,8 +114,10 @@ def add_common_arguments(
   if checkpoints:
     parser.add_argument(
         "--checkpoint-dir", type=pathlib.Path, default=None,
-        help="save each run's params with orbax at step 0 and after every epoch, in "
-        "DIR/<run name>/ (read them with python -m layca_optax.report DIR/<run name>)",
+        help="save each run's params with orbax at step 0 and after every epoch, one "
+        "directory per run: DIR/<run name with every run of characters other than "
+        "letters, digits, '.', '+' and '-' replaced by '_'> (the main job's are DIR/Layca_SGD "
+        "and DIR/SGD); read them with python -m layca_optax.report DIR/Layca_SGD",
     )
   return parser
 

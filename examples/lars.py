@@ -87,7 +87,7 @@ def scale_kernels(model: nnx.Module, factor: float) -> nnx.Module:
 
 def kernel_norms(model: nnx.Module) -> dict[str, float]:
   """The norm of each kernel of ``model`` (params with ``ndim >= 2``), by path."""
-  params = layca_optax.leaves_by_path(training.params_of(model))
+  params = training.by_path(training.params_of(model))
   return {
       path: float(jnp.sqrt(jnp.sum(jnp.square(w.astype(jnp.float32)))))
       for path, w in params.items() if w.ndim >= 2

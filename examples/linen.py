@@ -86,7 +86,7 @@ def kernel_paths(state: TrainState, example_input: np.ndarray) -> list[str]:
   def forward(params, x):
     return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x)
 
-  is_kernel = layca_optax.leaves_by_path(layca_optax.default_mask(state.params))
+  is_kernel = training.by_path(layca_optax.default_mask(state.params))
   order = layca_optax.forward_order(forward, state.params, example_input[:1])
   return [path for path in order if is_kernel[path]]
 

@@ -62,18 +62,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
       prog="python -m examples.mnist",
       description="Layca vs plain SGD on 5,000 MNIST digits (or --data ...), from the same "
       "initialisation: test accuracy and layer rotation. Both learning rates are multiplied "
-      "by 0.2 after 80 % of the epochs. Writes layer_rotation.png, results.json and "
+      "by 0.2 after 80% of the epochs. Writes layer_rotation.png, results.json and "
       "summary.md to --out.",
   )
   experiment.add_common_arguments(parser, epochs=10, out="out/mnist", checkpoints=True)
   parser.add_argument(
       "--layca-lr", type=float, default=LAYCA_LR,
       help="SGD + Layca's rho(0), the tangent of the angle each layer turns per step "
-      "(default 3^-3 = %(default).4f), x0.2 after 80 %% of the epochs",
+      "(default 3^-3 = %(default).4f), x0.2 after 80%% of the epochs",
   )
   parser.add_argument(
       "--sgd-lr", type=float, default=SGD_LR,
-      help="plain SGD's learning rate (default %(default)s), x0.2 after 80 %% of the epochs",
+      help="plain SGD's learning rate (default %(default)s), x0.2 after 80%% of the epochs",
   )
   return parser.parse_args(argv)
 

@@ -119,7 +119,7 @@ def cap_norm_growth(max_growth: float = 1e-4) -> optax.GradientTransformation:
   initial norm is zero (no reference norm), pass. Must come last in a chain.
   """
   def init_fn(params):
-    leaves = layca_optax.leaves_by_path(params).values()
+    leaves = jax.tree.leaves(params)  # arrays (NNX Variables flatten to their values)
     return CapNormGrowthState(tuple(
         _norm(w) if jnp.ndim(w) >= 2 else jnp.zeros([], jnp.float32) for w in leaves
     ))

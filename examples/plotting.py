@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import cm, colors, ticker
+from matplotlib import cm, colors, patheffects, ticker
 from matplotlib.figure import Figure
 
 import layca_optax
@@ -85,7 +85,8 @@ def label_line_ends(ax, min_gap: float = 0.05) -> None:
     ax.annotate(
         str(number), (x_end, y), xytext=(4, 0), textcoords="offset points",
         va="center", ha="left", fontsize="small", color=line.get_color(),
-        fontweight="bold",
+        fontweight="bold",  # a dark outline keeps the yellow (last) layers legible on white
+        path_effects=[patheffects.withStroke(linewidth=1.5, foreground="0.25")],
     )
 
 
@@ -109,10 +110,11 @@ def save_comparison_figure(
 
   Panels are laid out ``columns`` per row (default: all in one row). The y axis goes from
   0 to 1 (the paper's style) unless ``ylim`` is given, e.g. to zoom on short runs.
-  ``zoom=True`` adds, below the panels, the same panels with y from 0 to 10 % above the
-  largest distance of any run (:func:`zoom_limits`) and every line numbered at its end
-  (1 = first layer, :func:`label_line_ends`), so that layers whose curves sit close
-  together can be told apart. Returns the figure, e.g. to display it in a notebook.
+  ``zoom=True`` adds, below the panels, the same panels, each with y from 0 to 10 % above
+  the largest distance of its own run (:func:`zoom_limits`) and every line numbered at its
+  end (1 = first layer, :func:`label_line_ends`), so that layers whose curves sit close
+  together can be told apart. All panels of a column share the x axis. Returns the
+  figure, e.g. to display it in a notebook.
   """
   if not runs:
     raise ValueError("save_comparison_figure needs at least one run.")
@@ -121,7 +123,7 @@ def save_comparison_figure(
   width, height = PANEL_SIZE
   copies = 2 if zoom else 1
   fig = Figure(figsize=(width * columns + 0.8, height * rows * copies), layout="constrained")
-  grid = fig.subplots(rows * copies, columns, sharey="row", squeeze=False)
+  grid = fig.subplots(rows * copies, columns, sharex="col", squeeze=False)
   for copy in range(copies):
     block = grid[copy * rows:(copy + 1) * rows]
     for ax in block.ravel()[len(runs):]:
@@ -133,8 +135,8 @@ def save_comparison_figure(
           title=run_title(name, history) + (" (zoomed)" if copy else ""), colorbar=False,
       )
       ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-      if copy:
-        ax.set_ylim(*zoom_limits(runs))
+      if copy:  # each zoomed panel on its own run's range
+        ax.set_ylim(*zoom_limits({name: history}))
         label_line_ends(ax)
       elif ylim is not None:
         ax.set_ylim(*ylim)

@@ -289,7 +289,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
       continue
     path = args.out / f"{sweep}_sweep.png"
     swept = {c.name: histories[c.name] for c in configs}
-    plotting.save_comparison_figure(path, swept, ylim=zoom_limits(swept))
+    # Two panels a row: four side by side are too small to read at page width.
+    plotting.save_comparison_figure(path, swept, ylim=zoom_limits(swept), columns=2)
     paths.append(path)
   paths.append(args.out / "accuracy.png")
   save_accuracy_figure(paths[-1], results)

@@ -72,6 +72,15 @@ class History:
     return dataclasses.asdict(self)
 
 
+def by_path(tree: Any) -> dict[str, Any]:
+  """``{'a/b/kernel': leaf}`` for every leaf of ``tree`` (Flax NNX ``State`` included)."""
+  tree = nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+  return {
+      jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+      for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
+
+
 def params_of(model: nnx.Module) -> nnx.State:
   """The trainable parameters of ``model`` (what the optimizer updates)."""
   return nnx.state(model, nnx.Param)
@@ -84,7 +93,7 @@ def kernel_paths(model: nnx.Module, example_input: np.ndarray) -> list[str]:
   order: NNX sorts attribute names, which need not follow depth.
   """
   params = params_of(model)
-  is_kernel = layca_optax.leaves_by_path(layca_optax.default_mask(params))
+  is_kernel = by_path(layca_optax.default_mask(params))
   order = layca_optax.forward_order(model, params, example_input)
   return [path for path in order if is_kernel[path]]
 
@@ -130,7 +139,7 @@ def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x, y):
 def train_step_with_rates(model: nnx.Module, optimizer: nnx.Optimizer, x, y):
   """:func:`train_step`, plus the step's rotation angles (``measure_rotation`` last)."""
   loss, hits = train_step(model, optimizer, x, y)
-  angles = layca_optax.leaves_by_path(layca_optax.rotation_rates(optimizer.opt_state))
+  angles = by_path(layca_optax.rotation_rates(optimizer.opt_state))
   return loss, hits, angles
 
 

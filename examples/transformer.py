@@ -7,7 +7,7 @@ one initialisation and on the same batches, with:
 
 * ``AdamW``: ``optax.adamw`` (peak rate 3e-2, b2 = 0.99), weight decay 0.1 on the layers (kernels and
   embeddings, not the LayerNorm leaves); the usual transformer baseline.
-* ``Layca-Adam``: ``layca_optax.layca(rho, base=optax.scale_by_adam(b2=0.99))``, rho = 3^-3, with
+* ``Layca-Adam``: ``layca_optax.layca(rho, base_optimizer=optax.scale_by_adam(b2=0.99))``, rho = 3^-3, with
   ``rotation_axes`` from ``stacked_layer_axes`` on the blocks: each block's ``q``, ``k``,
   ``v``, ``out``, ``mlp_in``, ``mlp_out`` kernel is its own layer (plus the embeddings and
   the head: 27 layers at the defaults), and ``mask=layer_mask`` says which leaves are
@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 import layca_optax
 from examples import data as data_lib
-from examples import experiment, plotting
+from examples import experiment, plotting, training
 from examples import transformer_model as tm
 
 STEPS = 600
@@ -127,7 +127,7 @@ def make_optimizer(
   base = optax.trace(momentum) if kind == "layca-sgdm" else optax.scale_by_adam(b2=ADAM_B2)
   axes = tm.per_neuron_axes if kind == "layca-adam-neuron" else tm.per_block_axes
   return layca_optax.layca(
-      schedule, base=base, mask=tm.layer_mask, rotation_axes=axes, alpha=alpha,
+      schedule, base_optimizer=base, mask=tm.layer_mask, rotation_axes=axes, alpha=alpha,
       layer_order=layer_order,
   )
 
@@ -192,7 +192,7 @@ def bits_per_byte(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def curve_norms(params: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
   """Each curve's vector norm (per block for ``blocks/...[i]``), float64 on the host."""
-  leaves = layca_optax.leaves_by_path(params)
+  leaves = training.by_path(params)
   norms = {}
   for name in names:
     path, index = name.split("[")[0], tm.block_index(name)
@@ -205,7 +205,7 @@ def rate_columns(records: Sequence[Any]) -> dict[str, list[float]]:
   """Stacked ``rotation_rates`` pytrees -> ``{'blocks/q/kernel[i]': [per step]}``."""
   stacked = jax.device_get(jax.tree.map(lambda *a: jnp.stack(a), *records))
   columns = {}
-  for path, series in layca_optax.leaves_by_path(stacked).items():
+  for path, series in training.by_path(stacked).items():
     if series is None:
       continue
     series = np.asarray(series)

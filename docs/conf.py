@@ -9,12 +9,9 @@ Two pages are generated here, before Sphinx reads the sources (both are git-igno
 * ``api.md``: the API reference, one autosummary entry per name of
   ``layca_optax.__all__`` (grouped by :data:`API_SECTIONS`; a public name that no
   section lists goes to "Other public names", so a new name is never left out);
-* ``notebooks/<name>.ipynb``: the repository's notebooks executed with the tests' tiny
-  settings (``notebooks/execute.py``), so the pages show their outputs and figures. An
-  executed copy is reused while the notebook, its settings, the code it runs
-  (``layca_optax/``, ``examples/``) and the main packages' versions are unchanged.
-
-The Markdown pages with ``{code-cell}`` blocks are executed by myst-nb at every build.
+The notebook pages render ``docs/notebooks/<name>.ipynb``, committed copies of the
+repository's notebooks run in full (``python -m notebooks.execute``): they are not run again
+here. The Markdown pages with ``{code-cell}`` blocks are executed by myst-nb at every build.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ import layca_optax
 
 project = "layca_optax"
 author = "layca_optax developers"
-copyright = "2025, layca_optax developers"
+copyright = "2025-2026, layca_optax developers"
 version = release = layca_optax.__version__
 
 extensions = [
@@ -47,6 +44,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax copied into _static/: math renders without a network
 ]
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "README.md"]
 templates_path = ["_templates"]
@@ -61,7 +59,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(Any|Callable|Mapping|Sequence|Iterable|NamedTuple|PyTree|Array|ArrayLike)"),
     (r"py:.*", r"(float|int|str|bool|tuple|list|dict|None|object|type)"),
     (r"py:.*", r"(Axes|Figure|ScalarOrSchedule|Schedule|Params|Updates|OptState|Path)"),
-    (r"py:.*", r"(MaskOrFn|AxesOrFn|AxisName|_\w+\..*)"),  # the library's private aliases
+    (r"py:.*", r"(MaskOrFn|AxesOrFn|AxisName|LearningRate|_\w+\..*)"),  # the library's aliases
     (r"py:class", r"TypeAliasForwardRef"),  # how Sphinx wraps autodoc_type_aliases
 ]
 
@@ -79,7 +77,7 @@ autodoc_type_aliases = {
     for name in (
         "optax.ScalarOrSchedule", "optax.Schedule", "optax.Params", "optax.Updates",
         "optax.OptState", "chex.ArrayTree", "jax.typing.ArrayLike",
-        "_layers.MaskOrFn", "_axes.AxesOrFn", "MaskOrFn", "AxesOrFn",
+        "_layers.MaskOrFn", "_axes.AxesOrFn", "MaskOrFn", "AxesOrFn", "_rates.LearningRate",
     )
 }
 add_module_names = False
@@ -91,11 +89,14 @@ napoleon_use_rtype = False
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 nb_execution_mode = "auto"  # the Markdown pages' code cells run at every build
-nb_execution_excludepatterns = ["notebooks/*"]  # executed below, with tiny settings
+nb_execution_excludepatterns = ["notebooks/*"]  # committed with their outputs
 nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
 nb_merge_streams = True
+# Markdown outputs (the paper tour's results tables) rendered with MyST, which has tables
+# (the default, CommonMark, has none and shows "| run | ... |" as a paragraph).
+nb_render_markdown_format = "myst"
 suppress_warnings = ["mystnb.unknown_mime_type"]
 
 html_theme = "sphinx_book_theme"
@@ -111,15 +112,17 @@ html_theme_options = {
 
 #: (title, one-line description, names) of the API page's sections, in reading order.
 API_SECTIONS = [
-    ("The optimizer", "Layca as one optax transform, and its state.",
-     ["layca", "LaycaState"]),
+    ("The optimizer", ("Layca on top of a base optimizer, and its rotation step as one optax "
+     "transform: ``layca(lr, base_optimizer=b)`` is "
+     "``optax.chain(b, scale_by_layca(lr))``."),
+     ["layca", "scale_by_layca", "ScaleByLaycaState"]),
     ("The composable parts",
      ("The four operations of Algorithm 1 as separate transforms: "
      "``optax.chain(base, project_orthogonal(), normalize_rotation(), "
-     "scale_by_layer_rates(lr), project_to_sphere())`` equals ``layca(lr, base=base)``."),
+     "scale_by_layer_rates(lr), project_to_sphere())`` equals "
+     "``layca(lr, base_optimizer=base)``."),
      ["project_orthogonal", "normalize_rotation", "scale_by_layer_rates",
-      "project_to_sphere", "ScaleByLayerRatesState", "ProjectToSphereState",
-      "PARALLEL_RTOL"]),
+      "project_to_sphere", "ScaleByLayerRatesState", "ProjectToSphereState"]),
     ("Rates", "Layer-wise multipliers and per-leaf rates (AdaptCopy).",
      ["alpha_multipliers", "PerLeafRates", "replay_rates"]),
     ("Measuring layer rotation", "Cosine distances, angles and the rotation of every step.",
@@ -134,10 +137,8 @@ API_SECTIONS = [
      ["plot_layer_rotation_curves", "plot_rotation_rates", "rotation_scalars"]),
     ("Layers, depth order and rotation axes",
      "Which leaves are layers, their forward order, which axes form one vector.",
-     ["default_mask", "forward_order", "natural_order", "whole_leaf_axes",
-      "stacked_layer_axes", "output_unit_axes"]),
-    ("Pytree paths", "The ``'a/b/kernel'`` paths every function above uses.",
-     ["leaf_paths", "leaves_by_path"]),
+     ["default_mask", "forward_order", "natural_order", "stacked_layer_axes",
+      "output_unit_axes"]),
 ]
 
 
@@ -186,18 +187,6 @@ def write_if_changed(path: pathlib.Path, text: str) -> None:
 
 write_if_changed(DOCS / "api.md", api_page())
 
-# ---------------------------------------------------------------------------------------
-# The notebooks, executed with the tests' tiny settings (``notebooks/execute.py``).
-
-
-def execute_notebooks(app) -> None:
-  """Writes ``docs/notebooks/<name>.ipynb``, executed, unless an up-to-date copy exists."""
-  from notebooks import execute
-
-  for name in execute.NOTEBOOKS:
-    execute.executed(name)
-
-
 class EmptyGlobFilter(logging.Filter):
   """Drops "toctree glob pattern ... didn't match any documents" for :data:`OPTIONAL_GLOBS`.
 
@@ -219,4 +208,3 @@ OPTIONAL_GLOBS = ("guides/multihost*", "guides/checkpoint_report*", "guides/*", 
 
 def setup(app):
   logging.getLogger("sphinx.sphinx.directives.other").addFilter(EmptyGlobFilter())
-  app.connect("builder-inited", execute_notebooks, priority=100)

@@ -131,12 +131,12 @@ def run(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.adaptcopy",
-      description="Adam vs SGD_AMom + Layca replaying Adam's layer rotation rates (paper "
+  parser = experiment.parser(
+      "adaptcopy",
+      "Adam vs SGD_AMom + Layca replaying Adam's layer rotation rates (paper "
       "Figure 7).",
+      epochs=EPOCHS,
   )
-  experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/adaptcopy")
   parser.add_argument("--adam-lr", type=float, default=ADAM_LR)
   parser.add_argument(
       "--copy-momentum", type=float, default=COPY_MOMENTUM,
@@ -181,8 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   rates_path, training_path = args.out / "rotation_rates.png", args.out / "training.png"
   plotting.save_rotation_rates_figure(rates_path, histories)
   plotting.save_training_curves_figure(training_path, histories)
-  for path in (rates_path, training_path):
-    print(f"wrote {path}")
+  experiment.print_written((rates_path, training_path))
   return histories
 
 

@@ -115,12 +115,12 @@ def run(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.adaptive",
-      description="Adam, RMSProp and Adagrad with and without Layca: accuracy and layer "
+  parser = experiment.parser(
+      "adaptive",
+      "Adam, RMSProp and Adagrad with and without Layca: accuracy and layer "
       "rotation (paper Figure 6).",
+      epochs=EPOCHS,
   )
-  experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/adaptive")
   parser.add_argument(
       "--methods", type=method_names, default=tuple(PLAIN_LR),
       help="comma-separated subset of adam,rmsprop,adagrad (default: all)",

@@ -122,6 +122,24 @@ def add_common_arguments(
   return parser
 
 
+def parser(
+    name: str, description: str, *, epochs: int, model: bool = True,
+    checkpoints: bool = False,
+) -> argparse.ArgumentParser:
+  """The command line of ``python -m examples.<name>``: its common options
+  (:func:`add_common_arguments`, output in ``out/<name>``); add the experiment's own."""
+  command = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=description)
+  return add_common_arguments(
+      command, epochs=epochs, out=f"out/{name}", model=model, checkpoints=checkpoints
+  )
+
+
+def print_written(paths: Iterable[str | pathlib.Path]) -> None:
+  """``wrote <path>`` for each file an experiment wrote besides its report."""
+  for path in paths:
+    print(f"wrote {path}")
+
+
 def common_settings(args: argparse.Namespace) -> dict[str, Any]:
   """The run settings of ``add_common_arguments``: ``epochs, batch_size, seed, progress``."""
   return dict(
@@ -289,5 +307,4 @@ def report(
   """Prints the results table and saves the outputs (see :func:`save_outputs`)."""
   print()
   print(results_table(histories))
-  for path in save_outputs(out_dir, histories, config, **save_kwargs):
-    print(f"wrote {path}")
+  print_written(save_outputs(out_dir, histories, config, **save_kwargs))

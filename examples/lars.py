@@ -191,12 +191,12 @@ def comparison(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.lars",
-      description="LARS / NG_adap (Layca without operations 1 and 4) next to Layca: "
+  parser = experiment.parser(
+      "lars",
+      "LARS / NG_adap (Layca without operations 1 and 4) next to Layca: "
       "accuracy, layer rotation and weight norms (paper Figure 12).",
+      epochs=EPOCHS,
   )
-  experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/lars")
   parser.add_argument("--rho", type=float, default=RHO, help="rho(0) of both runs")
   parser.add_argument(
       "--init-scale", type=float, default=INIT_SCALE,

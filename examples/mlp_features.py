@@ -174,13 +174,11 @@ def save_features_figure(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.mlp_features",
-      description="Hidden features of a one-hidden-layer MLP (Flax Linen) trained with "
+  parser = experiment.parser(
+      "mlp_features",
+      "Hidden features of a one-hidden-layer MLP (Flax Linen) trained with "
       "Layca at four learning rates (paper Figure 8).",
-  )
-  experiment.add_common_arguments(
-      parser, epochs=EPOCHS, out="out/mlp_features", model=False
+      epochs=EPOCHS, model=False,
   )
   parser.set_defaults(batch_size=BATCH_SIZE)
   parser.add_argument(

@@ -58,14 +58,14 @@ def runs(layca_lr: float = LAYCA_LR, sgd_lr: float = SGD_LR) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.mnist",
-      description="Layca vs plain SGD on 5,000 MNIST digits (or --data ...), from the same "
+  parser = experiment.parser(
+      "mnist",
+      "Layca vs plain SGD on 5,000 MNIST digits (or --data ...), from the same "
       "initialisation: test accuracy and layer rotation. Both learning rates are multiplied "
       "by 0.2 after 80% of the epochs. Writes layer_rotation.png, results.json and "
       "summary.md to --out.",
+      epochs=10, checkpoints=True,
   )
-  experiment.add_common_arguments(parser, epochs=10, out="out/mnist", checkpoints=True)
   parser.add_argument(
       "--layca-lr", type=float, default=LAYCA_LR,
       help="SGD + Layca's rho(0), the tangent of the angle each layer turns per step "

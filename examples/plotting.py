@@ -82,11 +82,15 @@ def label_line_ends(ax, min_gap: float = 0.05) -> None:
   left, right = ax.get_xlim()
   ax.set_xlim(left, right + 0.08 * (right - left))
   for (_, number, line), y in zip(ends, positions):
+    # A dark outline keeps the light (last, yellow) layers' numbers legible on white; the
+    # dark ones need none.
+    red, green, blue = colors.to_rgb(line.get_color())
+    light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.6
     ax.annotate(
         str(number), (x_end, y), xytext=(4, 0), textcoords="offset points",
         va="center", ha="left", fontsize="small", color=line.get_color(),
-        fontweight="bold",  # a dark outline keeps the yellow (last) layers legible on white
-        path_effects=[patheffects.withStroke(linewidth=1.5, foreground="0.25")],
+        fontweight="bold",
+        path_effects=[patheffects.withStroke(linewidth=1.5, foreground="0.3")] if light else [],
     )
 
 
@@ -138,8 +142,11 @@ def save_comparison_figure(
       if copy:  # each zoomed panel on its own run's range
         ax.set_ylim(*zoom_limits({name: history}))
         label_line_ends(ax)
-      elif ylim is not None:
-        ax.set_ylim(*ylim)
+      else:
+        if ylim is not None:
+          ax.set_ylim(*ylim)
+        if zoom:  # the x axis is read on the zoomed row below, shared with this one
+          ax.set_xlabel("")
   for ax in grid[:, 1:].ravel():
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())

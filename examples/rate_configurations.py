@@ -237,12 +237,12 @@ def save_accuracy_figure(path: pathlib.Path, results: Mapping[str, list[dict]]) 
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.rate_configurations",
-      description="SGD + Layca under several layer rotation rate configurations (rho(0), "
+  parser = experiment.parser(
+      "rate_configurations",
+      "SGD + Layca under several layer rotation rate configurations (rho(0), "
       "alpha): layer rotation and test accuracy (paper Figures 1 and 9).",
+      epochs=EPOCHS,
   )
-  experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/rate_configurations")
   parser.add_argument(
       "--rates", type=rate_list, default=RATES,
       help="rho(0) values at alpha = 0, comma separated (default 3^-2,3^-3,3^-4,3^-5)",
@@ -294,8 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
     paths.append(path)
   paths.append(args.out / "accuracy.png")
   save_accuracy_figure(paths[-1], results)
-  for path in paths:
-    print(f"wrote {path}")
+  experiment.print_written(paths)
   return histories
 
 

@@ -7,8 +7,8 @@ one initialisation and on the same batches, with:
 
 * ``AdamW``: ``optax.adamw`` (peak rate 3e-2, b2 = 0.99), weight decay 0.1 on the layers (kernels and
   embeddings, not the LayerNorm leaves); the usual transformer baseline.
-* ``Layca-Adam``: ``layca_optax.layca(rho, base_optimizer=optax.scale_by_adam(b2=0.99))``, rho = 3^-3, with
-  ``rotation_axes`` from ``stacked_layer_axes`` on the blocks: each block's ``q``, ``k``,
+* ``Layca-Adam``: ``layca_optax.layca(rho, base_optimizer=optax.scale_by_adam(b2=0.99))``,
+  rho = 3^-3, with ``rotation_axes`` from ``stacked_layer_axes`` on the blocks: each block's ``q``, ``k``,
   ``v``, ``out``, ``mlp_in``, ``mlp_out`` kernel is its own layer (plus the embeddings and
   the head: 27 layers at the defaults), and ``mask=layer_mask`` says which leaves are
   layers (see ``transformer_model``'s docstring: kernels and embeddings yes, LayerNorm
@@ -626,8 +626,7 @@ def report(out, histories: Mapping[str, LMHistory], config: Mapping[str, Any]) -
   for filename, save in figures.items():
     save(out / filename, histories)
     paths.append(out / filename)
-  for path in paths:
-    print(f"wrote {path}")
+  experiment.print_written(paths)
 
 
 if __name__ == "__main__":

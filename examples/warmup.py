@@ -104,12 +104,12 @@ def run(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.warmup",
-      description="High-rate SGD with and without warm-up, and Layca without: layer "
+  parser = experiment.parser(
+      "warmup",
+      "High-rate SGD with and without warm-up, and Layca without: layer "
       "rotation in the first epochs (paper Figure 4).",
+      epochs=EPOCHS,
   )
-  experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/warmup")
   parser.add_argument("--sgd-lr", type=float, default=SGD_LR, help="SGD's (final) rate")
   parser.add_argument(
       "--warmup-epochs", type=experiment.number_list, default=WARMUP_EPOCHS,
@@ -152,8 +152,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   rates_path, training_path = args.out / "rotation_rates.png", args.out / "training.png"
   plotting.save_rotation_rates_figure(rates_path, histories, columns=2)
   plotting.save_training_curves_figure(training_path, histories)
-  for path in (rates_path, training_path):
-    print(f"wrote {path}")
+  experiment.print_written((rates_path, training_path))
   return histories
 
 

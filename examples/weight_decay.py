@@ -197,12 +197,12 @@ def claim_notes(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog="python -m examples.weight_decay",
-      description="SGD without and with weight decay, and SGD + Layca: layer rotation and "
+  parser = experiment.parser(
+      "weight_decay",
+      "SGD without and with weight decay, and SGD + Layca: layer rotation and "
       "test accuracy (paper Figures 2 and 3).",
+      epochs=EPOCHS,
   )
-  experiment.add_common_arguments(parser, epochs=EPOCHS, out="out/weight_decay")
   parser.add_argument(
       "--sgd-lrs", type=rate_list, default=SGD_LRS,
       help="rates of SGD without weight decay, comma separated (default 3^-2,3^-1,3^0)",
@@ -248,8 +248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
       zoom_path, histories, columns=columns, ylim=zoom_limits(histories)
   )
   plotting.save_training_curves_figure(training_path, histories)
-  for path in (zoom_path, training_path):
-    print(f"wrote {path}")
+  experiment.print_written((zoom_path, training_path))
   return histories
 
 

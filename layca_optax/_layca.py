@@ -5,10 +5,10 @@ the step :math:`s` of a base optimizer (Carbonnelle & De Vleeschouwer, 2019, Alg
 
 .. math::
   p &= s - k\, w, \quad k = \frac{s \cdot w}{w \cdot w}
-      && \text{1: tangent to the sphere} \\
-  \hat s &= p\, \|w\| / \|p\| && \text{2: rotation-based normalisation} \\
-  w' &= w - \rho_l(t)\, \hat s && \text{3: descent step} \\
-  w' &\leftarrow w'\, \|w_0\| / \|w'\| && \text{4: back to the initial sphere}
+      && \qquad \text{1: tangent to the sphere} \\
+  \hat s &= p\, \|w\| / \|p\| && \qquad \text{2: rotation-based normalisation} \\
+  w' &= w - \rho_l(t)\, \hat s && \qquad \text{3: descent step} \\
+  w' &\leftarrow w'\, \|w_0\| / \|w'\| && \qquad \text{4: back to the initial sphere}
 
 Since :math:`p \perp w` and :math:`\|\rho_l \hat s\| = \rho_l \|w\|`, the norm in step 4 is
 :math:`\|w\| \sqrt{1 + \rho_l^2}`: no second reduction. So each layer costs three float32
@@ -164,7 +164,7 @@ def _rotate(
 
 
 def scale_by_layca(
-    learning_rate: optax.ScalarOrSchedule | _rates.PerLeafRates,
+    learning_rate: _rates.LearningRate,
     *,
     alpha: jax.typing.ArrayLike = 0.0,
     depth_exponent: jax.typing.ArrayLike = 5.0,
@@ -248,7 +248,7 @@ def scale_by_layca(
 
 
 def layca(
-    learning_rate: optax.ScalarOrSchedule | _rates.PerLeafRates,
+    learning_rate: _rates.LearningRate,
     *,
     base_optimizer: optax.GradientTransformation | None = None,
     alpha: jax.typing.ArrayLike = 0.0,
@@ -268,10 +268,10 @@ def layca(
 
   .. math::
     p &= s - \frac{s \cdot w}{w \cdot w}\, w
-        && \text{1: tangent to the sphere} \\
-    \hat s &= p\, \|w\| / \|p\| && \text{2: rotation-based normalisation} \\
-    w' &= w - \rho_l(t)\, \hat s && \text{3: descent step} \\
-    w' &\leftarrow w'\, \|w_0\| / \|w'\| && \text{4: back to the initial sphere}
+        && \qquad \text{1: tangent to the sphere} \\
+    \hat s &= p\, \|w\| / \|p\| && \qquad \text{2: rotation-based normalisation} \\
+    w' &= w - \rho_l(t)\, \hat s && \qquad \text{3: descent step} \\
+    w' &\leftarrow w'\, \|w_0\| / \|w'\| && \qquad \text{4: back to the initial sphere}
 
   so the angle between :math:`w` and :math:`w'` is :math:`\arctan \rho_l(t)` and
   :math:`\|w'\| = \|w_0\|`, the norm stored at ``init`` (never recomputed from the current

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -226,3 +226,7 @@ def replay_rates(angles: Any, *, default: optax.ScalarOrSchedule = 0.0) -> PerLe
     return _Replay(jnp.asarray(np.tan(values), jnp.float32))
 
   return PerLeafRates(jax.tree.map(leaf, angles, is_leaf=lambda x: x is None), default)
+
+
+#: What ``layca``, ``scale_by_layca`` and ``scale_by_layer_rates`` take as a learning rate.
+LearningRate: TypeAlias = "optax.ScalarOrSchedule | PerLeafRates"

@@ -189,7 +189,7 @@ class ScaleByLayerRatesState(NamedTuple):
 
 
 def scale_by_layer_rates(
-    learning_rate: optax.ScalarOrSchedule | _rates.PerLeafRates,
+    learning_rate: _rates.LearningRate,
     *,
     alpha: jax.typing.ArrayLike = 0.0,
     depth_exponent: jax.typing.ArrayLike = 5.0,

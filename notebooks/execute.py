@@ -1,30 +1,26 @@
-"""Runs the notebooks top to bottom with tiny settings: for the tests and the docs build.
+"""Runs the notebooks top to bottom: with tiny settings for the tests, in full for the docs.
 
 Each notebook is executed in a fresh ``python3`` Jupyter kernel (nbclient, the kernel of
 the running interpreter: ipykernel is in the ``notebooks`` extra) from the ``notebooks/``
-directory, as a user of a local checkout would run it. Before the run a cell setting tiny
-values (:data:`TINY_PARAMETERS`) is inserted right after the cell tagged ``parameters``
-(the papermill convention), so the notebook's own defaults stay Colab-sized. Cells tagged
-``skip-execution`` (the Colab install cell, ``%tensorboard``) are kept but not run.
+directory, as a user of a local checkout would run it. Before the run a cell is inserted
+right after the cell tagged ``parameters`` (the papermill convention), so the notebook's
+own defaults stay Colab-sized. Cells tagged ``skip-execution`` (the Colab install cell,
+``%tensorboard``) are kept but not run.
 
-``tests/project/test_notebooks.py`` runs them this way, and so does the documentation build
-(``docs/conf.py``), which renders the executed copies with their figures. Both go through
-:func:`executed`, which keeps the executed copy in ``docs/notebooks/`` (git-ignored) with
-a key of everything the run depends on (the notebook, the settings, the Python files of
-``layca_optax/``, ``examples/`` and ``notebooks/``, the versions of Python and the main
-packages): the test suite and the docs build then run each notebook once, not twice, and
-run it again as soon as any of those changes.
+* :func:`executed`: the tests' run (``tests/project/test_notebooks.py``), with
+  :data:`TINY_PARAMETERS`: a few steps on a few images.
+* :func:`render`: the documentation's copy, ``docs/notebooks/<name>`` (committed, shown by
+  the docs build without running anything), run with the notebook's own settings and no
+  progress bars (:data:`RENDER_PARAMETERS`). Regenerate it after changing a notebook:
+  ``python -m notebooks.execute`` (about 2 minutes for the quickstart, 15 for the paper
+  tour, on 2 CPU cores); a test fails while a copy's code differs from its notebook.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import importlib.metadata
+import argparse
 import os
 import pathlib
-import sys
 
 # jupyter_core 5.x before 5.8 warns (DeprecationWarning) that it will move its
 # directories to platformdirs: opt in to them.
@@ -32,7 +28,7 @@ os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")
 
 NOTEBOOK_DIR = pathlib.Path(__file__).resolve().parent
 ROOT = NOTEBOOK_DIR.parent
-EXECUTED_DIR = ROOT / "docs" / "notebooks"  # the executed copies, which the docs render
+RENDERED_DIR = ROOT / "docs" / "notebooks"  # the docs' copies, run with the full settings
 NOTEBOOKS = ("quickstart.ipynb", "paper_tour.ipynb")
 SKIP_TAG = "skip-execution"
 INJECTED_TAG = "injected-parameters"
@@ -80,12 +76,21 @@ def read(name: str):
   return nbformat.read(NOTEBOOK_DIR / name, as_version=4)
 
 
-def prepared(name: str, *, drop_skipped: bool = True, comment: str = ""):
-  """The notebook as it is run: tiny parameters injected after the ``parameters`` cell.
+#: Inserted after each notebook's ``parameters`` cell for the docs' copy: the notebook's
+#: own settings, without the progress bars (Jupyter widgets, which a page shows only
+#: with scripts from the network).
+RENDER_PARAMETERS = """
+# The documentation's copy of this notebook ran with the settings above, without
+# progress bars (python -m notebooks.execute).
+PROGRESS = False
+"""
+
+
+def prepared(name: str, parameters: str, *, drop_skipped: bool = True):
+  """The notebook as it is run: ``parameters`` injected after the ``parameters`` cell.
 
   ``drop_skipped`` removes the cells tagged ``skip-execution`` (the tests); otherwise
-  they stay in the notebook, unexecuted (the docs show the install cell). ``comment``
-  is written at the top of the injected cell.
+  they stay in the notebook, unexecuted (the docs show the install cell).
   """
   import nbformat
 
@@ -97,7 +102,7 @@ def prepared(name: str, *, drop_skipped: bool = True, comment: str = ""):
     cells.append(cell)
     if "parameters" in tags(cell):
       cells.append(nbformat.v4.new_code_cell(
-          comment + TINY_PARAMETERS[name].strip(), metadata={"tags": [INJECTED_TAG]}
+          parameters.strip(), metadata={"tags": [INJECTED_TAG]}
       ))
   notebook.cells = cells
   return notebook
@@ -122,50 +127,36 @@ def execute(notebook, *, timeout: int = CELL_TIMEOUT):
   return notebook
 
 
-#: Written at the top of the injected cell of the executed copies (the docs show it).
-NOTE = (
-    "# The documentation build runs this notebook with these small settings (the tests'\n"
-    "# ones, notebooks/execute.py): its figures show a few steps on a few images. The\n"
-    "# defaults above are the ones to use in Colab or Jupyter.\n"
-)
-KEY_PACKAGES = ("jax", "jaxlib", "optax", "flax", "numpy", "matplotlib", "tensorboardX")
-
-
-def source_key(name: str) -> str:
-  """A hash of everything the executed notebook ``name`` depends on."""
-  digest = hashlib.sha256()
-  digest.update((NOTEBOOK_DIR / name).read_bytes())
-  digest.update((TINY_PARAMETERS[name] + NOTE + sys.version).encode())
-  for package in KEY_PACKAGES:
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-      digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
-  for folder in ("layca_optax", "examples", "notebooks"):
-    for path in sorted((ROOT / folder).glob("*.py")):
-      digest.update(path.name.encode() + path.read_bytes())
-  return digest.hexdigest()
-
-
 def executed(name: str):
-  """``notebooks/<name>`` run with the tiny settings: from the cache, or run now.
+  """``notebooks/<name>`` run with the tests' tiny settings (:data:`TINY_PARAMETERS`)."""
+  return execute(prepared(name, TINY_PARAMETERS[name]))
 
-  The run keeps the ``skip-execution`` cells (unexecuted) and shows :data:`NOTE` in the
-  injected cell. A lock file makes a second process (a pytest-xdist worker, a docs build)
-  wait for the first one's run instead of starting its own.
-  """
+
+def code_sources(notebook) -> list[str]:
+  """The sources of the code cells, without the injected parameters cell."""
+  return [
+      cell.source for cell in notebook.cells
+      if cell.cell_type == "code" and INJECTED_TAG not in tags(cell)
+  ]
+
+
+def render(name: str) -> pathlib.Path:
+  """Writes ``docs/notebooks/<name>``: the notebook run with its own settings."""
   import nbformat
 
-  key = source_key(name)
-  target = EXECUTED_DIR / name
-  EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
-  with open(EXECUTED_DIR / f".{name}.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if target.is_file():
-      cached = nbformat.read(target, as_version=4)
-      if cached.metadata.get("layca_execution", {}).get("source_key") == key:
-        return cached
-    notebook = execute(prepared(name, drop_skipped=False, comment=NOTE))
-    notebook.metadata["layca_execution"] = {"source_key": key}
-    partial = target.with_suffix(".partial")
-    nbformat.write(notebook, partial)
-    partial.replace(target)
-    return notebook
+  notebook = execute(prepared(name, RENDER_PARAMETERS, drop_skipped=False))
+  target = RENDERED_DIR / name
+  target.parent.mkdir(parents=True, exist_ok=True)
+  nbformat.write(notebook, target)
+  return target
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description="Renders the docs' copies of the notebooks.")
+  parser.add_argument("names", nargs="*", default=list(NOTEBOOKS), choices=NOTEBOOKS)
+  for name in parser.parse_args(argv).names:
+    print(f"wrote {render(name)}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -83,21 +83,24 @@ def test_quick_run_writes_the_expected_json(tmp_path, capsys):
 
 
 def test_targets_are_computed_from_a_complete_run():
+  # Issue 21's targets: per tree layca <= 1.1x, layca(trace) <= 1.5x, layca(adam) <= 1.5x
+  # adam (from the same rounds' seconds); compile <= 3x on the 288-leaf tree.
   fake_tree = {
       "leaves": 10, "params": 1000,
       "layca_extra_state_bytes": {"none": 44, "trace": 44, "adam": 44},
       "candidates": {
-          name: {"ratio": 1.5, "compile_ratio": 1.5}
+          name: {"ratio": 1.5, "compile_ratio": 1.5, "seconds": [1.0, 2.0]}
           for name in list(run.OPTIMIZERS) + list(run.MEASUREMENTS)
       },
   }
-  results = {
-      "trees": {name: fake_tree for name in trees.TREES},
-      "end_to_end": {"candidates": {"layca": {"ratio": 1.01}}},
-  }
-  rows = run.targets(results)
-  assert len(rows) == 10
-  assert all(isinstance(r["met"], bool) and math.isfinite(r["measured"]) for r in rows)
+  fake_tree["candidates"]["layca_adam"]["seconds"] = [1.2, 2.4]
+  results = {"trees": {name: fake_tree for name in trees.TREES}}
+  rows = {r["target"]: r for r in run.targets(results)}
+  assert len(rows) == 3 * len(trees.TREES) + 1
+  assert all(isinstance(r["met"], bool) and math.isfinite(r["measured"]) for r in rows.values())
+  assert rows["vgg18m: layca(scale_by_adam) / adam step"]["measured"] == 1.2
+  assert not rows["vgg18m: layca / sgd_momentum step"]["met"]  # 1.5 > 1.1
+  assert rows["blocks288: layca / sgd_momentum compile"]["met"]  # 1.5 <= 3
 
 
 def test_layca_floor_rotates_each_kernel_by_arctan_lr_and_keeps_its_norm():
@@ -123,3 +126,11 @@ def test_reductions_quick_run_checks_and_times_every_form(capsys):
   out = capsys.readouterr().out
   for name in [run.REFERENCE, *reductions.FORMS]:
     assert f"  {name} " in out
+
+
+def test_guard_quick_run_times_layca_with_and_without_its_cond(capsys):
+  from benchmarks import guard
+
+  assert guard.main(["--quick", "--trees", "vgg18m"]) == 0
+  out = capsys.readouterr().out
+  assert "layca_without_guard" in out and "guard's cost: step x" in out

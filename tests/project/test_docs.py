@@ -3,11 +3,11 @@
 One build (the ``built_docs`` fixture) runs the README's Sphinx command with the output in
 a temporary directory: ``-W`` turns every warning into an error, including a
 cross-reference to the public API that does not resolve (the configuration is
-``nitpicky``), and myst-nb stops the build if a code cell of a page raises. The notebooks
-are executed with the tests' tiny settings through ``notebooks/execute.py``, which reuses
-the run of ``tests/project/test_notebooks.py`` when nothing changed in between. Then the built HTML
-must hold an API entry for every name of ``layca_optax.__all__`` and figures on the
-notebook pages.
+``nitpicky``), and myst-nb stops the build if a code cell of a page raises. The notebook
+pages render the committed copies in ``docs/notebooks/`` (run in full by
+``python -m notebooks.execute``). Then the built HTML must hold an API entry for every name
+of ``layca_optax.__all__``, figures on the notebook pages, rendered math, and no script,
+style sheet or image from the network (the site reads right offline).
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ def built_docs(tmp_path_factory) -> pathlib.Path:
 
 
 class _Collector(html.parser.HTMLParser):
-  """The ``id`` attributes and ``<img src>`` of one HTML page."""
+  """The ``id`` attributes, ``<img src>`` and loaded resources of one HTML page."""
 
   def __init__(self):
     super().__init__()
     self.ids: set[str] = set()
     self.images: list[str] = []
+    self.resources: list[str] = []  # scripts, style sheets, images, fonts the page loads
 
   def handle_starttag(self, tag, attrs):
     attrs = dict(attrs)
@@ -73,6 +74,10 @@ class _Collector(html.parser.HTMLParser):
       self.ids.add(attrs["id"])
     if tag == "img" and attrs.get("src"):
       self.images.append(attrs["src"])
+    if tag in ("script", "img", "iframe") and attrs.get("src"):
+      self.resources.append(attrs["src"])
+    if tag == "link" and attrs.get("href") and attrs.get("rel") in ("stylesheet", "preload"):
+      self.resources.append(attrs["href"])
 
 
 def parse(page: pathlib.Path) -> _Collector:
@@ -123,3 +128,24 @@ def test_executed_guides_show_outputs(built_docs):
   assert [src for src in parse(measuring).images if src.endswith(".png")]
   getting_started = (built_docs / "getting_started.html").read_text()
   assert "turned 0.03" in getting_started  # arctan(3**-3) = 0.03702 rad per kernel
+
+
+@pytest.mark.slow
+def test_no_page_loads_anything_from_the_network(built_docs):
+  external = {
+      str(page.relative_to(built_docs)): [
+          src for src in parse(page).resources if re.match(r"(https?:)?//", src)
+      ]
+      for page in built_docs.rglob("*.html")
+  }
+  external = {page: srcs for page, srcs in external.items() if srcs}
+  assert not external, f"pages load from the network: {external}"
+  mathjax = built_docs / "_static" / "mathjax" / "tex-chtml.js"
+  assert mathjax.is_file(), "MathJax is not bundled with the site"
+
+
+@pytest.mark.slow
+def test_notebook_pages_show_a_real_run_and_tables(built_docs):
+  tour = (built_docs / "notebooks" / "paper_tour.html").read_text()
+  assert "<table" in tour and "| run |" not in tour, "the results tables are not tables"
+  assert "nan" not in re.sub(r"<[^>]+>", " ", tour).split(), "a result is NaN"

@@ -28,8 +28,16 @@ pytest.importorskip("ipykernel")
 pytest.importorskip("flax")
 pytest.importorskip("matplotlib")
 
-# The tiny settings and the way the notebooks are run are shared with the docs build.
-from notebooks.execute import NOTEBOOKS, executed, read, tags
+# How the notebooks run: tiny settings for the tests, full ones for the docs copy.
+from notebooks.execute import (  # noqa: E402  (after the importorskips)
+  INJECTED_TAG,
+  NOTEBOOKS,
+  RENDERED_DIR,
+  code_sources,
+  executed,
+  read,
+  tags,
+)
 
 pytestmark = pytest.mark.slow  # end-to-end runs: seconds to minutes each
 
@@ -38,7 +46,7 @@ COLAB_URL = "https://colab.research.google.com/github/layca-optax/layca_optax/bl
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_layout(name):
-  """Title and Colab badge first, install cell skipped in tests, one parameters cell, no outputs."""
+  """Title and Colab link first, install cell skipped in tests, one parameters cell, no outputs."""
   notebook = read(name)
   nbformat.validate(notebook)
   first = notebook.cells[0]
@@ -59,17 +67,30 @@ def test_notebook_layout(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_with_tiny_settings(name):
-  # Raises CellExecutionError if a cell fails. The executed copy is kept (docs/notebooks/,
-  # which the docs build renders) and reused until the notebook, its settings, the code or
-  # the main packages' versions change: the suite and the docs run each notebook once.
-  notebook = executed(name)
-  errors = [
-      output for cell in notebook.cells if cell.cell_type == "code"
-      for output in cell.outputs if output.get("output_type") == "error"
-  ]
-  assert not errors
-  figures = [
-      output for cell in notebook.cells if cell.cell_type == "code"
-      for output in cell.outputs if "image/png" in output.get("data", {})
-  ]
+  notebook = executed(name)  # raises CellExecutionError if a cell fails
+  assert not outputs_of(notebook, "error")
+  figures = [o for o in outputs_of(notebook) if "image/png" in o.get("data", {})]
   assert figures, f"{name} displayed no figure."
+
+
+def outputs_of(notebook, output_type=None):
+  return [
+      output for cell in notebook.cells if cell.cell_type == "code"
+      for output in cell.outputs
+      if output_type is None or output.get("output_type") == output_type
+  ]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_docs_copy_is_the_notebook_run_in_full(name):
+  rendered = nbformat.read(RENDERED_DIR / name, as_version=4)
+  assert code_sources(rendered) == code_sources(read(name)), (
+      f"docs/notebooks/{name} was rendered from another version of notebooks/{name}: "
+      f"run python -m notebooks.execute {name} and commit the result."
+  )
+  [injected] = [cell for cell in rendered.cells if INJECTED_TAG in tags(cell)]
+  assert "PROGRESS = False" in injected.source
+  assert not outputs_of(rendered, "error")
+  widgets = [o for o in outputs_of(rendered) if any("widget" in k for k in o.get("data", {}))]
+  assert not widgets, "the docs' copy shows widgets, which need scripts from the network"
+  assert [o for o in outputs_of(rendered) if "image/png" in o.get("data", {})]

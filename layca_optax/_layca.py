@@ -110,7 +110,7 @@ def tangent_parts(
   (``_numerics.NEARLY_PARALLEL``) that difference of sums has lost more than ~1e-5 of its
   relative accuracy in float32, so :func:`_measured` takes a second pass; one
   ``lax.cond`` over the whole tree runs it only on steps that have such a vector (for
-  every leaf, keeping the one-pass values elsewhere). Shared by Layca and the measures.
+  every leaf, keeping the one-pass values elsewhere). Shared by Layca and measure_rotation.
   """
   x32, w32 = [as_f32(x) for x in xs], [as_f32(w) for w in ws]
   parts = [_from_sums(x, w, a, axis_name) for x, w, a in zip(x32, w32, vector_axes)]

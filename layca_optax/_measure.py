@@ -154,7 +154,7 @@ class _Selection(NamedTuple):
     """One value per vector at the chosen leaves (vector axes squeezed), ``None`` else."""
     out: list[Any] = [None] * len(self.flat.leaves)
     for i, value, axes in zip(self.chosen, values, self.vector_axes):
-      out[i] = jnp.squeeze(value, axis=axes)
+      out[i] = _numerics.drop_vector_axes(value, axes)
     return self.flat.unflatten(out)
 
 

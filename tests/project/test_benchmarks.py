@@ -134,3 +134,21 @@ def test_guard_quick_run_times_layca_with_and_without_its_cond(capsys):
   assert guard.main(["--quick", "--trees", "vgg18m"]) == 0
   out = capsys.readouterr().out
   assert "layca_without_guard" in out and "guard's cost: step x" in out
+
+
+def test_compile_time_quick_run_checks_the_alternatives_then_compiles_every_part(capsys):
+  from benchmarks import compile_time
+
+  assert compile_time.main(["--quick"]) == 0
+  out = capsys.readouterr().out
+  for name in compile_time.PARTS:
+    assert f"  {name} " in out and "fusions per kernel" in out
+
+
+def test_compile_time_alternative_is_checked_against_the_one_pass_step(monkeypatch):
+  from benchmarks import compile_time
+
+  wrong = lambda *args: [w * 1.001 for w in compile_time._one_pass(*args)]
+  monkeypatch.setitem(compile_time.PARTS, "stacked_coefficients", wrong)
+  with pytest.raises(AssertionError, match="stacked_coefficients differs"):
+    compile_time.main(["--quick"])

@@ -13,6 +13,9 @@ else), the step's parts and one alternative, each a fresh ``jax.jit(...).lower()
 - ``three_sums``: ``w.w``, ``s.w``, ``s.s`` per layer and nothing else;
 - ``one_pass``: Algorithm 1 per layer from the one-pass sums (``_layca._from_sums`` and
   ``_layca._rotate``): the step without the nearly-parallel guard;
+- ``one_pass_size1_axes``, ``one_pass_traced_multipliers``: the same as the core computed
+  it before 53920b2: sums kept as ``(1, 1)`` arrays, and the alpha multipliers computed
+  in the step and read back per layer (now NumPy constants for a concrete alpha);
 - ``guarded``: the same with ``_layca.tangent_parts`` (its one ``lax.cond`` for the tree):
   what ``layca`` compiles;
 - ``stacked_coefficients``: the one-pass step with the per-layer scalar arithmetic done
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import trees
-from layca_optax import _layca
+from layca_optax import _layca, _plan
 
 # The alternatives round differently: a few float32 ulps of the weights' scale
 # (2^-23 each), far below any algorithmic difference (an update is 0.1 of that scale).
@@ -60,6 +63,27 @@ def _one_pass(ws, ss, ms, radii, rate):
   ]
 
 
+def _one_pass_size1_axes(ws, ss, ms, radii, rate):
+  """``one_pass`` with each layer's sums kept as ``(1, 1)`` arrays, as before 53920b2."""
+  out = []
+  for w, s, r in zip(ws, ss, radii):
+    ww, sw, ss_ = (jnp.sum(a * b, keepdims=True) for a, b in ((w, w), (s, w), (s, s)))
+    k = jnp.where(ww != 0, sw / jnp.where(ww != 0, ww, 1.0), 0.0)
+    t = _layca.Tangent(ww, k, ss_ - k * sw, ss_)
+    out.append(_step(w, s, t, jnp.reshape(r, (1,) * w.ndim), rate))
+  return out
+
+
+def _one_pass_traced_multipliers(ws, ss, ms, radii, rate):
+  """``one_pass`` with rho_l = m_l rho, ``m`` computed in the step (alpha = 0), as before
+  53920b2 for every alpha (now only for an injected, traced one)."""
+  m = _plan.traced_multipliers(len(ws), 0.0, 5.0)
+  return [
+      w + _layca._rotate(s, w, _layca._from_sums(s, w, None, None), r, m[i] * rate, rate)
+      for i, (w, s, r) in enumerate(zip(ws, ss, radii))
+  ]
+
+
 def _guarded(ws, ss, ms, radii, rate):
   tangents = _layca.tangent_parts(ss, ws, [None] * len(ws))
   return [_step(w, s, t, r, rate) for w, s, t, r in zip(ws, ss, tangents, radii)]
@@ -83,6 +107,8 @@ PARTS: dict[str, Callable] = {
     "sgd_momentum": _sgd_momentum,
     "three_sums": _three_sums,
     "one_pass": _one_pass,
+    "one_pass_size1_axes": _one_pass_size1_axes,
+    "one_pass_traced_multipliers": _one_pass_traced_multipliers,
     "guarded": _guarded,
     "stacked_coefficients": _stacked_coefficients,
 }
@@ -118,7 +144,8 @@ def main(argv=None) -> int:
   rate = jnp.float32(0.1)
   args = (ws, ss, ms, radii, rate)
   expected = jax.jit(_one_pass)(*args)
-  for name in ("guarded", "stacked_coefficients"):  # the same step, checked before timing
+  alternatives = [name for name in PARTS if name not in ("sgd_momentum", "three_sums")]
+  for name in alternatives:  # the same step, checked before timing
     got = jax.jit(PARTS[name])(*args)
     error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, expected))
     scale = max(float(jnp.max(jnp.abs(a))) for a in expected)
@@ -131,7 +158,7 @@ def main(argv=None) -> int:
   for name, fn in PARTS.items():
     seconds, fusions = compile_seconds(fn, args, repeats)
     reference = reference or seconds
-    print(f"  {name:<22} {seconds:7.2f} s  x{seconds / reference:5.1f}  "
+    print(f"  {name:<28} {seconds:7.2f} s  x{seconds / reference:5.1f}  "
           f"{fusions / len(ws):4.1f} fusions per kernel", flush=True)
   return 0
 

@@ -147,6 +147,13 @@ def save_comparison_figure(
           ax.set_ylim(*ylim)
         if zoom:  # the x axis is read on the zoomed row below, shared with this one
           ax.set_xlabel("")
+  return _finish_run_grid(fig, grid, runs, path)
+
+
+def _finish_run_grid(
+    fig: Figure, grid: np.ndarray, runs: Mapping[str, History], path: str | pathlib.Path
+) -> Figure:
+  """One y label per row, one depth colour bar for the grid of per-run panels, saved."""
   for ax in grid[:, 1:].ravel():
     ax.set_ylabel("")
   num_layers = max(len(history.layer_paths) for history in runs.values())
@@ -236,9 +243,4 @@ def save_rotation_rates_figure(
         steps=range(1, num_steps + 1), steps_per_epoch=num_steps / len(history.epochs),
         log_scale=log_scale, title=name, colorbar=False,
     )
-  for ax in grid[:, 1:].ravel():
-    ax.set_ylabel("")
-  num_layers = max(len(history.layer_paths) for history in runs.values())
-  add_depth_colour_bar(fig, list(grid.ravel()), num_layers)
-  save_figure(fig, path)
-  return fig
+  return _finish_run_grid(fig, grid, runs, path)

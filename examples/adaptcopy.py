@@ -153,11 +153,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
-  histories = run(
-      data, experiment.vgg_from_args(args, data),
-      adam_lr=args.adam_lr, reference_lr=None if args.no_reference else args.sgd_layca_lr,
-      copy_momentum=args.copy_momentum, **experiment.common_settings(args),
+  data, histories = experiment.train_cnn(
+      args, run, adam_lr=args.adam_lr,
+      reference_lr=None if args.no_reference else args.sgd_layca_lr,
+      copy_momentum=args.copy_momentum,
   )
   error = replay_error(histories[COPY], histories[ADAM])
   notes = [

@@ -160,13 +160,10 @@ def summary_notes(histories: Mapping[str, training.History], methods) -> list[st
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
   plain_lr = {method: getattr(args, f"{method.lower()}_lr") for method in PLAIN_LR}
-  histories = run(
-      data, experiment.vgg_from_args(args, data), methods=args.methods,
-      plain_lr=plain_lr, layca_lr=args.layca_lr,
+  data, histories = experiment.train_cnn(
+      args, run, methods=args.methods, plain_lr=plain_lr, layca_lr=args.layca_lr,
       sgd_reference_lr=args.sgd_layca_lr if args.sgd_reference else None,
-      **experiment.common_settings(args),
   )
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),

@@ -166,6 +166,18 @@ def vgg_from_args(args: argparse.Namespace, data: data_lib.Dataset) -> models.VG
   )
 
 
+def train_cnn(
+    args: argparse.Namespace, run: Callable[..., Any], **options: Any
+) -> tuple[data_lib.Dataset, Any]:
+  """An experiment's runs on the data and CNN its options name: ``(data, run(...))``.
+
+  ``run(data, model, **options, epochs=..., batch_size=..., seed=..., progress=...)`` is
+  the experiment's own function; the settings come from ``add_common_arguments``.
+  """
+  data = load_data(args)
+  return data, run(data, vgg_from_args(args, data), **options, **common_settings(args))
+
+
 def run_all(
     data: data_lib.Dataset,
     runs: Mapping[str, OptimizerFactory],
@@ -230,7 +242,7 @@ def results_table(histories: Mapping[str, training.History]) -> str:
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
   """The lines of a markdown table: ``header``, the separator, one line per row."""
-  line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+  line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"
   return [line(header), "|" + "---|" * len(header), *(line(row) for row in rows)]
 
 

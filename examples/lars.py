@@ -47,8 +47,8 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 import matplotlib
+from flax import nnx
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
@@ -211,11 +211,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
-  histories, norms = run(
-      data, experiment.vgg_from_args(args, data), rho=args.rho,
-      init_scale=args.init_scale, max_growth=args.max_growth,
-      **experiment.common_settings(args),
+  data, (histories, norms) = experiment.train_cnn(
+      args, run, rho=args.rho, init_scale=args.init_scale, max_growth=args.max_growth,
   )
   figure = args.out / "weight_norms.png"
   save_norms_figure(figure, norms, histories)

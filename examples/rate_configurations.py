@@ -265,11 +265,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
-  histories = run(
-      data, experiment.vgg_from_args(args, data), rates=args.rates,
-      alphas=args.alphas, alpha_rate=args.alpha_rate, depth_exponent=args.depth_exponent,
-      **experiment.common_settings(args),
+  data, histories = experiment.train_cnn(
+      args, run, rates=args.rates, alphas=args.alphas, alpha_rate=args.alpha_rate,
+      depth_exponent=args.depth_exponent,
   )
   sweeps_ = sweeps(args.rates, args.alphas, args.alpha_rate)
   results = sweep_results(histories, sweeps_)

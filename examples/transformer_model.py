@@ -80,7 +80,7 @@ class Block(nnx.Module):
   def attention(self, h: jax.Array) -> jax.Array:
     """Causal multi-head self-attention of ``h`` ``(batch, time, d)``, before ``out``."""
     batch, time, d = h.shape
-    heads = lambda t: t.reshape(batch, time, self.num_heads, d // self.num_heads)  # noqa: E731
+    heads = lambda t: t.reshape(batch, time, self.num_heads, d // self.num_heads)
     q, k, v = heads(self.q(h)), heads(self.k(h)), heads(self.v(h))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d // self.num_heads)
     causal = jnp.tril(jnp.ones((time, time), bool))[None, None]

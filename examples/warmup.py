@@ -121,11 +121,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
-  histories = run(
-      data, experiment.vgg_from_args(args, data),
-      sgd_lr=args.sgd_lr, warmup_epochs=args.warmup_epochs, layca_lr=args.layca_lr,
-      **experiment.common_settings(args),
+  data, histories = experiment.train_cnn(
+      args, run, sgd_lr=args.sgd_lr, warmup_epochs=args.warmup_epochs, layca_lr=args.layca_lr,
   )
   steps_per_epoch = data_lib.num_batches(len(data.x_train), args.batch_size)
   early = {name: early_rotation(h, steps_per_epoch) for name, h in histories.items()}

@@ -221,11 +221,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
-  histories = run(
-      data, experiment.vgg_from_args(args, data),
-      sgd_lrs=args.sgd_lrs, wd_lr=args.wd_lr, weight_decays=args.weight_decays,
-      layca_lr=args.layca_lr, **experiment.common_settings(args),
+  data, histories = experiment.train_cnn(
+      args, run, sgd_lrs=args.sgd_lrs, wd_lr=args.wd_lr, weight_decays=args.weight_decays,
+      layca_lr=args.layca_lr,
   )
   measured = measurements(
       histories, args.sgd_lrs, args.wd_lr, args.weight_decays, args.layca_lr

@@ -34,10 +34,6 @@ class RunContext:
   steps_per_epoch: int
   layer_order: tuple[str, ...]  # the kernels' paths, input layer first
 
-  @property
-  def total_steps(self) -> int:
-    return self.epochs * self.steps_per_epoch
-
 
 OptimizerFactory = Callable[[RunContext], optax.GradientTransformation]
 

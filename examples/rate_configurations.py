@@ -206,9 +206,6 @@ def claim_notes(histories: Mapping[str, training.History]) -> list[str]:
   ]
 
 
-zoom_limits = plotting.zoom_limits  # weight_decay.py imports it from here
-
-
 def save_accuracy_figure(path: pathlib.Path, results: Mapping[str, list[dict]]) -> Figure:
   """Test accuracy (left axis) and final cosine distances (right) vs rho(0) and vs alpha."""
   fig = Figure(figsize=(9.0, 3.4), layout="constrained")
@@ -288,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
     path = args.out / f"{sweep}_sweep.png"
     swept = {c.name: histories[c.name] for c in configs}
     # Two panels a row: four side by side are too small to read at page width.
-    plotting.save_comparison_figure(path, swept, ylim=zoom_limits(swept), columns=2)
+    plotting.save_comparison_figure(path, swept, ylim=plotting.zoom_limits(swept), columns=2)
     paths.append(path)
   paths.append(args.out / "accuracy.png")
   save_accuracy_figure(paths[-1], results)

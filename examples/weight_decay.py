@@ -49,7 +49,6 @@ import optax
 import layca_optax
 from examples import experiment, optimizers, plotting, training
 from examples.experiment import format_rate, parse_rate, rate_list
-from examples.rate_configurations import zoom_limits
 
 SGD_LRS = (3.0**-2, 3.0**-1, 3.0**0)  # SGD without weight decay
 WD_LR = 3.0**-1  # SGD + weight decay
@@ -243,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   )
   zoom_path, training_path = args.out / "layer_rotation_zoom.png", args.out / "training.png"
   plotting.save_comparison_figure(
-      zoom_path, histories, columns=columns, ylim=zoom_limits(histories)
+      zoom_path, histories, columns=columns, ylim=plotting.zoom_limits(histories)
   )
   plotting.save_training_curves_figure(training_path, histories)
   experiment.print_written((zoom_path, training_path))

@@ -12,8 +12,8 @@ pytest.importorskip("flax")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
+from examples import plotting, training  # noqa: E402
 from examples import rate_configurations as rc  # noqa: E402
-from examples import training  # noqa: E402
 from examples import weight_decay as wd  # noqa: E402
 from tests.examples import PNG, TINY_RUN  # noqa: E402
 
@@ -214,10 +214,10 @@ def test_compare_rotation_and_closest_run():
 
 
 def test_zoom_limits():
-  assert rc.zoom_limits({"a": history([0.1, 0.2]), "b": history([0.05])}) == pytest.approx(
+  assert plotting.zoom_limits({"a": history([0.1, 0.2]), "b": history([0.05])}) == pytest.approx(
       (0.0, 0.22)
   )
-  assert rc.zoom_limits({"a": history([0.0])}) == (0.0, 1e-3)
+  assert plotting.zoom_limits({"a": history([0.0])}) == (0.0, 1e-3)
 
 
 def test_comparison_figure_ylim(tmp_path):

@@ -44,7 +44,7 @@ import optax
 from flax import nnx
 
 import layca_optax
-from examples import experiment, optimizers, plotting, training
+from examples import experiment, optimizers, training
 
 ADAM_LR = 1e-3
 SGD_LAYCA_LR = 3.0**-3  # the paper's best rho(0) for SGD + Layca
@@ -65,7 +65,7 @@ def replayed_angles(params: Any, rotation_rates: Mapping[str, Sequence[float]]) 
     array of angles at each recorded leaf and ``None`` at the others.
   """
   tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
-  leaves, treedef = jax.tree.flatten(tree)
+  _, treedef = jax.tree.flatten(tree)
   paths = list(training.by_path(tree))
   unknown = set(rotation_rates) - set(paths)
   if unknown:
@@ -168,19 +168,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
           [(name, *("-" if a is None else f"{100 * a:.1f}" for a in h.test_accuracy))
            for name, h in histories.items()],
       ),
-  ] + [
-      "", "Figures: `layer_rotation.png` (curves per epoch), `rotation_rates.png` (each "
-      "layer's rotation per step), `training.png` (training curves per epoch).",
+      "", experiment.STEP_FIGURES_NOTE,
   ]
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),
       title="AdaptCopy: SGD_AMom + Layca replaying Adam's layer rotation rates", notes=notes,
       extra={"replay_error_degrees": error},
   )
-  rates_path, training_path = args.out / "rotation_rates.png", args.out / "training.png"
-  plotting.save_rotation_rates_figure(rates_path, histories)
-  plotting.save_training_curves_figure(training_path, histories)
-  experiment.print_written((rates_path, training_path))
+  experiment.save_step_figures(args.out, histories)
   return histories
 
 

@@ -259,7 +259,7 @@ def markdown_summary(
   ]
   lines += ["", *markdown_table(header, rows)]
   if notes:
-    lines += [""] + list(notes)
+    lines += ["", *notes]
   return "\n".join(lines) + "\n"
 
 
@@ -306,6 +306,24 @@ def save_outputs(
   summary_path = out_dir / "summary.md"
   summary_path.write_text(markdown_summary(title, histories, config, notes))
   return [figure_path, json_path, summary_path]
+
+
+#: The summary's last note of an experiment that writes :func:`save_step_figures`.
+STEP_FIGURES_NOTE = (
+    "Figures: `layer_rotation.png` (curves per epoch), `rotation_rates.png` (each "
+    "layer's rotation per step), `training.png` (training curves per epoch)."
+)
+
+
+def save_step_figures(
+    out_dir: pathlib.Path, histories: Mapping[str, training.History],
+    columns: int | None = None,
+) -> None:
+  """Writes ``rotation_rates.png`` (each layer's rotation per step) and ``training.png``."""
+  rates_path, training_path = out_dir / "rotation_rates.png", out_dir / "training.png"
+  plotting.save_rotation_rates_figure(rates_path, histories, columns=columns)
+  plotting.save_training_curves_figure(training_path, histories)
+  print_written((rates_path, training_path))
 
 
 def report(

@@ -45,7 +45,7 @@ import optax
 
 import layca_optax
 from examples import data as data_lib
-from examples import experiment, optimizers, plotting, training
+from examples import experiment, optimizers, training
 
 SGD_LR = 3.0**2  # high enough to make the layers jump in the first steps here
 LAYCA_LR = 3.0**-3  # the paper's best SGD + Layca rate (its Figure 4 printed 3**3)
@@ -137,19 +137,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
             f"{early[name][first]['cosine_distance_epoch_1']:.3f}",
             f"{h.train_loss[-1]:.4f}") for name, h in histories.items()],
       ),
-  ] + [
-      "", "Figures: `layer_rotation.png` (curves per epoch), `rotation_rates.png` (each "
-      "layer's rotation per step), `training.png` (training curves per epoch).",
+      "", experiment.STEP_FIGURES_NOTE,
   ]
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),
       title="Warm-up: high-rate SGD with and without warm-up, Layca without",
       columns=2, notes=notes, extra={"early_rotation": early},
   )
-  rates_path, training_path = args.out / "rotation_rates.png", args.out / "training.png"
-  plotting.save_rotation_rates_figure(rates_path, histories, columns=2)
-  plotting.save_training_curves_figure(training_path, histories)
-  experiment.print_written((rates_path, training_path))
+  experiment.save_step_figures(args.out, histories, columns=2)
   return histories
 
 

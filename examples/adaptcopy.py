@@ -44,7 +44,7 @@ import optax
 from flax import nnx
 
 import layca_optax
-from examples import experiment, optimizers, training
+from examples import experiment, training
 
 ADAM_LR = 1e-3
 SGD_LAYCA_LR = 3.0**-3  # the paper's best rho(0) for SGD + Layca
@@ -109,22 +109,19 @@ def run(
     batch_size: int = 128, seed: int = 0, progress: bool = True,
 ) -> dict[str, training.History]:
   """Adam, then its AdaptCopy (then SGD + Layca unless ``reference_lr`` is None)."""
-  def decayed(rate, c: experiment.RunContext):
-    return optimizers.step_decay(rate, c.epochs, c.steps_per_epoch)
-
   settings = dict(
       epochs=epochs, batch_size=batch_size, seed=seed, progress=progress,
       record_rotation_rates=True,
   )
   histories = experiment.run_all(
-      data, {ADAM: lambda c: optax.adam(decayed(adam_lr, c))}, model, **settings
+      data, {ADAM: lambda c: optax.adam(c.decayed(adam_lr))}, model, **settings
   )
   params = training.params_of(model)
   recorded = histories[ADAM].rotation_rates
   later = {COPY: lambda c: adaptcopy(params, recorded, c.layer_order, copy_momentum)}
   if reference_lr is not None:
     later[REFERENCE] = lambda c: layca_optax.layca(
-        decayed(reference_lr, c), layer_order=c.layer_order
+        c.decayed(reference_lr), layer_order=c.layer_order
     )
   histories.update(experiment.run_all(data, later, model, **settings))
   return histories
@@ -153,10 +150,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data, histories = experiment.train_cnn(
-      args, run, adam_lr=args.adam_lr,
+  data = experiment.load_data(args)
+  histories = run(
+      data, experiment.vgg_from_args(args, data), adam_lr=args.adam_lr,
       reference_lr=None if args.no_reference else args.sgd_layca_lr,
-      copy_momentum=args.copy_momentum,
+      copy_momentum=args.copy_momentum, **experiment.common_settings(args),
   )
   error = replay_error(histories[COPY], histories[ADAM])
   notes = [

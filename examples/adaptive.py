@@ -75,16 +75,13 @@ def runs(
 ) -> dict[str, experiment.OptimizerFactory]:
   """The plain methods, then the same methods as Layca bases (then SGD + Layca if a rate
   is given); every rate x0.2 after 80 % of the epochs."""
-  def decayed(rate, c: experiment.RunContext):
-    return optimizers.step_decay(rate, c.epochs, c.steps_per_epoch)
-
   def plain(method):
-    return lambda c: optimizers.ADAPTIVE_BASES[method][1](decayed(plain_lr[method], c))
+    return lambda c: optimizers.ADAPTIVE_BASES[method][1](c.decayed(plain_lr[method]))
 
   def with_layca(method, rate):
     base = optimizers.ADAPTIVE_BASES[method][0] if method else None
     return lambda c: layca_optax.layca(
-        decayed(rate, c), base_optimizer=base() if base else None, layer_order=c.layer_order
+        c.decayed(rate), base_optimizer=base() if base else None, layer_order=c.layer_order
     )
 
   out = {method: plain(method) for method in methods}
@@ -99,19 +96,6 @@ def rotation_spread(history: training.History) -> dict[str, float]:
   finals = list(history.final_cosine_distances().values())
   low, high = min(finals), max(finals)
   return {"min": low, "max": high, "min_over_max": low / high if high > 0 else 1.0}
-
-
-def run(
-    data, model, *, methods: Sequence[str] = tuple(PLAIN_LR),
-    plain_lr: Mapping[str, float] = PLAIN_LR, layca_lr: float = LAYCA_LR,
-    sgd_reference_lr: float | None = None, epochs: int = EPOCHS, batch_size: int = 128,
-    seed: int = 0, progress: bool = True,
-) -> dict[str, training.History]:
-  """Trains every run of :func:`runs` from ``model``'s initial weights."""
-  return experiment.run_all(
-      data, runs(methods, plain_lr, layca_lr, sgd_reference_lr), model, epochs=epochs,
-      batch_size=batch_size, seed=seed, progress=progress,
-  )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -161,10 +145,10 @@ def summary_notes(histories: Mapping[str, training.History], methods) -> list[st
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   plain_lr = {method: getattr(args, f"{method.lower()}_lr") for method in PLAIN_LR}
-  data, histories = experiment.train_cnn(
-      args, run, methods=args.methods, plain_lr=plain_lr, layca_lr=args.layca_lr,
+  data, histories = experiment.train_cnn(args, runs(
+      args.methods, plain_lr, args.layca_lr,
       sgd_reference_lr=args.sgd_layca_lr if args.sgd_reference else None,
-  )
+  ))
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),
       title="Adaptive methods with and without Layca", columns=len(args.methods),

@@ -119,7 +119,7 @@ def stratified_split(
   train, test = [], []
   for label in np.unique(labels):
     members = rng.permutation(np.flatnonzero(labels == label))
-    num_test = int(round(test_fraction * len(members)))
+    num_test = round(test_fraction * len(members))
     test.append(members[:num_test])
     train.append(members[num_test:])
   # The file is sorted by label: shuffle again so that neither split is.
@@ -947,7 +947,7 @@ def load_text(
     if not 0.0 < test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     text = _read_bytes([path])
-    cut = len(text) - int(round(test_fraction * len(text)))
+    cut = len(text) - round(test_fraction * len(text))
     train, test = text[:cut], text[cut:]
     train_files = test_files = [path]
     name = path.name

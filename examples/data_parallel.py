@@ -43,6 +43,27 @@ def data_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   return jax.make_mesh((num_devices,), ("data",), devices=jax.devices()[:num_devices])
 
 
+def replicated_mlp(
+    data: data_lib.Dataset, mesh: jax.sharding.Mesh, batch_size: int, *, hidden: int,
+    seed: int = 0,
+) -> nnx.Module:
+  """An MLP for ``data`` with its params replicated over ``mesh``, ``NamedSharding(mesh, P())``.
+
+  Raises if ``batch_size`` does not split evenly over the mesh's devices.
+  """
+  if batch_size % mesh.size:
+    raise ValueError(
+        f"batch_size={batch_size} must be a multiple of the {mesh.size} devices of the mesh, "
+        f"so that every device gets the same number of examples: e.g. --batch-size "
+        f"{mesh.size * max(1, batch_size // mesh.size)}."
+    )
+  in_features = int(np.prod(data.x_train.shape[1:]))
+  model = models.MLP(hidden, data.num_classes, in_features, rngs=nnx.Rngs(seed))
+  # The optimizer state created from replicated params is replicated too.
+  nnx.update(model, jax.device_put(nnx.state(model), NamedSharding(mesh, P())))
+  return model
+
+
 def train(
     data: data_lib.Dataset,
     mesh: jax.sharding.Mesh,
@@ -57,15 +78,7 @@ def train(
   Returns:
     The initial and final params (NumPy copies) and the loss of every step.
   """
-  if batch_size % mesh.size:
-    raise ValueError(
-        f"batch_size={batch_size} must be a multiple of the {mesh.size} devices, so that "
-        "every device gets the same number of examples."
-    )
-  in_features = int(np.prod(data.x_train.shape[1:]))
-  model = models.MLP(hidden, data.num_classes, in_features, rngs=nnx.Rngs(seed))
-  # Replicate the params on every device; the optimizer state created from them follows.
-  nnx.update(model, jax.device_put(nnx.state(model), NamedSharding(mesh, P())))
+  model = replicated_mlp(data, mesh, batch_size, hidden=hidden, seed=seed)
   optimizer = nnx.Optimizer(
       model, layca_optax.layca(LEARNING_RATE, base_optimizer=optax.trace(0.9)), wrt=nnx.Param
   )
@@ -114,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   print(f"{mesh.size} devices, batch {args.batch_size} split {args.batch_size // mesh.size} "
         "per device")
   print(f"loss: {losses[0]:.3f} (step 1) -> {losses[-1]:.3f} (step {len(losses)})")
-  for path, value in zip(layca_optax._tree.leaf_paths(distances), jax.tree.leaves(distances)):
+  for path, value in training.by_path(distances).items():
     print(f"  cosine distance to init of {path}: {float(value):.3f}")
   print(f"largest relative difference to the one-device run: {difference:.1e}")
   return {"num_devices": mesh.size, "losses": losses, "params": params,

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from examples import data as data_lib
-from examples import models, plotting, training
+from examples import models, optimizers, plotting, training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,10 @@ class RunContext:
   epochs: int
   steps_per_epoch: int
   layer_order: tuple[str, ...]  # the kernels' paths, input layer first
+
+  def decayed(self, rate: float) -> optax.Schedule:
+    """``rate`` times 0.2 after 80 % of the epochs (:func:`examples.optimizers.step_decay`)."""
+    return optimizers.step_decay(rate, self.epochs, self.steps_per_epoch)
 
 
 OptimizerFactory = Callable[[RunContext], optax.GradientTransformation]
@@ -163,15 +167,18 @@ def vgg_from_args(args: argparse.Namespace, data: data_lib.Dataset) -> models.VG
 
 
 def train_cnn(
-    args: argparse.Namespace, run: Callable[..., Any], **options: Any
-) -> tuple[data_lib.Dataset, Any]:
-  """An experiment's runs on the data and CNN its options name: ``(data, run(...))``.
+    args: argparse.Namespace, runs: Mapping[str, OptimizerFactory], **train_kwargs: Any
+) -> tuple[data_lib.Dataset, dict[str, training.History]]:
+  """Every run of ``runs`` on the data and CNN the options name: ``(data, histories)``.
 
-  ``run(data, model, **options, epochs=..., batch_size=..., seed=..., progress=...)`` is
-  the experiment's own function; the settings come from ``add_common_arguments``.
+  The settings come from ``add_common_arguments`` (see :func:`run_all`, which gets
+  ``train_kwargs`` too).
   """
   data = load_data(args)
-  return data, run(data, vgg_from_args(args, data), **options, **common_settings(args))
+  histories = run_all(
+      data, runs, vgg_from_args(args, data), **common_settings(args), **train_kwargs
+  )
+  return data, histories
 
 
 def run_all(

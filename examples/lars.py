@@ -66,13 +66,10 @@ LARS_RUN = "LARS / NG_adap"
 
 def runs(rho: float = RHO, max_growth: float = MAX_GROWTH) -> dict:
   """Layca and LARS / NG_adap at the same rho(0), both x0.2 after 80 % of the epochs."""
-  def decayed(c: experiment.RunContext):
-    return optimizers.step_decay(rho, c.epochs, c.steps_per_epoch)
-
   return {
-      LAYCA_RUN: lambda c: layca_optax.layca(decayed(c), layer_order=c.layer_order),
+      LAYCA_RUN: lambda c: layca_optax.layca(c.decayed(rho), layer_order=c.layer_order),
       LARS_RUN: lambda c: optimizers.lars_ng_adap(
-          decayed(c), max_growth=max_growth, layer_order=c.layer_order
+          c.decayed(rho), max_growth=max_growth, layer_order=c.layer_order
       ),
   }
 
@@ -211,8 +208,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data, (histories, norms) = experiment.train_cnn(
-      args, run, rho=args.rho, init_scale=args.init_scale, max_growth=args.max_growth,
+  data = experiment.load_data(args)
+  histories, norms = run(
+      data, experiment.vgg_from_args(args, data), rho=args.rho, init_scale=args.init_scale,
+      max_growth=args.max_growth, **experiment.common_settings(args),
   )
   figure = args.out / "weight_norms.png"
   save_norms_figure(figure, norms, histories)

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import optax
 
 import layca_optax
-from examples import experiment, optimizers, training
+from examples import experiment, training
 
 LAYCA_LR = 3.0**-3  # the paper's best rho(0) for SGD + Layca (alpha = 0)
 # Plain SGD's best rate on this task among powers of 3 (seed 0, 10 epochs, test accuracy
@@ -46,14 +46,11 @@ SGD_LR = 3.0**0
 
 def runs(layca_lr: float = LAYCA_LR, sgd_lr: float = SGD_LR) -> dict:
   """The two runs: SGD + Layca and plain SGD, both x0.2 after 80 % of the epochs."""
-  def decayed(rate, context):
-    return optimizers.step_decay(rate, context.epochs, context.steps_per_epoch)
-
   return {
       "Layca (SGD)": lambda c: layca_optax.layca(
-          decayed(layca_lr, c), layer_order=c.layer_order
+          c.decayed(layca_lr), layer_order=c.layer_order
       ),
-      "SGD": lambda c: optax.sgd(decayed(sgd_lr, c)),
+      "SGD": lambda c: optax.sgd(c.decayed(sgd_lr)),
   }
 
 
@@ -80,10 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data = experiment.load_data(args)
-  histories = experiment.run_all(
-      data, runs(args.layca_lr, args.sgd_lr), experiment.vgg_from_args(args, data),
-      checkpoint_dir=args.checkpoint_dir, **experiment.common_settings(args),
+  data, histories = experiment.train_cnn(
+      args, runs(args.layca_lr, args.sgd_lr), checkpoint_dir=args.checkpoint_dir
   )
   experiment.report(
       args.out, histories, experiment.jsonable_config(args, data),

@@ -51,10 +51,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
 
 import layca_optax
 from examples import data as data_lib
-from examples import data_parallel, experiment, models, plotting, training
+from examples import data_parallel, experiment, plotting, training
 
 LEARNING_RATE = 3.0**-3  # SGD (no momentum) + Layca, the paper's best
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -280,16 +281,9 @@ def train(
   axis. Records each kernel's cosine distance to its initialisation at step 0 and after
   every epoch.
   """
-  if batch_size % mesh.size:
-    raise ValueError(
-        f"batch_size={batch_size} must be a multiple of the {mesh.size} devices of the "
-        f"mesh, e.g. --batch-size {mesh.size * max(1, batch_size // mesh.size)}."
-    )
-  in_features = int(np.prod(data.x_train.shape[1:]))
-  model = models.MLP(hidden, data.num_classes, in_features, rngs=nnx.Rngs(seed))
-  layer_order = training.kernel_paths(model, data.x_train[:1])
   # The same host values in every process, replicated over every device of every process.
-  nnx.update(model, jax.device_put(nnx.state(model), NamedSharding(mesh, P())))
+  model = data_parallel.replicated_mlp(data, mesh, batch_size, hidden=hidden, seed=seed)
+  layer_order = training.kernel_paths(model, data.x_train[:1])
   optimizer = nnx.Optimizer(model, layca_optax.layca(LEARNING_RATE), wrt=nnx.Param)
   curves = layca_optax.LayerRotationCurves(training.params_of(model), layer_order=layer_order)
   curves.record(0, training.params_of(model))
@@ -298,35 +292,21 @@ def train(
   rng = np.random.default_rng(seed)  # the same batches in every process
   steps_per_epoch = data_lib.num_batches(len(data.x_train), batch_size)
   losses = []
-  bar = tqdm_or_none(epochs * steps_per_epoch, progress)
-  for epoch in range(1, epochs + 1):
-    for x, y in data_lib.batches(data.x_train, data.y_train, batch_size, rng):
-      x, y = global_batch(batch_sharding, x), global_batch(batch_sharding, y)
-      loss, _ = training.train_step(model, optimizer, x, y)
-      losses.append(loss)
-      if bar is not None:
+  # Disabled, the bar draws nothing and bar.write prints the epoch lines as they come.
+  with tqdm(total=epochs * steps_per_epoch, desc="steps", disable=not progress) as bar:
+    for epoch in range(1, epochs + 1):
+      for x, y in data_lib.batches(data.x_train, data.y_train, batch_size, rng):
+        x, y = global_batch(batch_sharding, x), global_batch(batch_sharding, y)
+        loss, _ = training.train_step(model, optimizer, x, y)
+        losses.append(loss)
         bar.update()
-    curves.record(epoch * steps_per_epoch, training.params_of(model))
-    epoch_loss = float(np.mean(jax.device_get(losses[-steps_per_epoch:])))
-    line = (f"epoch {epoch}: mean loss {epoch_loss:.4f}, cosine distance to init "
-            + ", ".join(f"{p} {v:.4f}" for p, v in curves.latest().items()))
-    if bar is None:
-      print(line, flush=True)
-    else:
-      bar.write(line)  # above the progress bar
-  if bar is not None:
-    bar.close()
+      curves.record(epoch * steps_per_epoch, training.params_of(model))
+      epoch_loss = float(np.mean(jax.device_get(losses[-steps_per_epoch:])))
+      bar.write(f"epoch {epoch}: mean loss {epoch_loss:.4f}, cosine distance to init "
+                + ", ".join(f"{p} {v:.4f}" for p, v in curves.latest().items()))
+      sys.stdout.flush()  # the launcher relays each line as it comes
   return Run(model, optimizer, [float(v) for v in jax.device_get(losses)], curves,
              steps_per_epoch)
-
-
-def tqdm_or_none(total: int, progress: bool):
-  """A tqdm bar over ``total`` steps, or ``None`` when ``progress`` is off."""
-  if not progress:
-    return None
-  from tqdm.auto import tqdm
-
-  return tqdm(total=total, desc="steps")
 
 
 # -- checkpoints --------------------------------------------------------------------------

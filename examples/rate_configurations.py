@@ -54,7 +54,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import layca_optax
-from examples import experiment, optimizers, plotting, training
+from examples import experiment, plotting, training
 from examples.experiment import format_rate, parse_rate, rate_list
 
 RATES = (3.0**-2, 3.0**-3, 3.0**-4, 3.0**-5)  # rho(0) at alpha = 0
@@ -99,25 +99,11 @@ def runs(
   """SGD + Layca per configuration, in forward layer order, x0.2 after 80 % of training."""
   def make(config: Configuration) -> experiment.OptimizerFactory:
     return lambda c: layca_optax.layca(
-        optimizers.step_decay(config.rho, c.epochs, c.steps_per_epoch),
-        alpha=config.alpha, depth_exponent=depth_exponent, layer_order=c.layer_order,
+        c.decayed(config.rho), alpha=config.alpha, depth_exponent=depth_exponent,
+        layer_order=c.layer_order,
     )
 
   return {config.name: make(config) for config in configs}
-
-
-def run(
-    data, model, *, epochs: int = EPOCHS, rates: Sequence[float] = RATES,
-    alphas: Sequence[float] = ALPHAS, alpha_rate: float = ALPHA_RATE,
-    depth_exponent: float = DEPTH_EXPONENT, batch_size: int = 128, seed: int = 0,
-    progress: bool = True,
-) -> dict[str, training.History]:
-  """Trains every configuration of both sweeps from ``model``'s initial weights."""
-  configs = configurations(sweeps(rates, alphas, alpha_rate))
-  return experiment.run_all(
-      data, runs(configs, depth_exponent), model, epochs=epochs,
-      batch_size=batch_size, seed=seed, progress=progress,
-  )
 
 
 def rotation_summary(history: training.History) -> dict[str, float]:
@@ -262,11 +248,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
-  data, histories = experiment.train_cnn(
-      args, run, rates=args.rates, alphas=args.alphas, alpha_rate=args.alpha_rate,
-      depth_exponent=args.depth_exponent,
-  )
   sweeps_ = sweeps(args.rates, args.alphas, args.alpha_rate)
+  data, histories = experiment.train_cnn(
+      args, runs(configurations(sweeps_), args.depth_exponent)
+  )
   results = sweep_results(histories, sweeps_)
   config = experiment.jsonable_config(args, data)
   config.update(  # 3^-3 rather than 0.037037037037037035

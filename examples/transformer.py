@@ -5,14 +5,14 @@ Trains :class:`examples.transformer_model.TransformerLM` (4 pre-LayerNorm blocks
 files (one file in ten held out; nothing to download) or on any ``--text FILE``, from
 one initialisation and on the same batches, with:
 
-* ``AdamW``: ``optax.adamw`` (peak rate 3e-2, b2 = 0.99), weight decay 0.1 on the layers (kernels and
-  embeddings, not the LayerNorm leaves); the usual transformer baseline.
+* ``AdamW``: ``optax.adamw`` (peak rate 3e-2, b2 = 0.99), weight decay 0.1 on the layers
+  (kernels and embeddings, not the LayerNorm leaves); the usual transformer baseline.
 * ``Layca-Adam``: ``layca_optax.layca(rho, base_optimizer=optax.scale_by_adam(b2=0.99))``,
-  rho = 3^-3, with ``rotation_axes`` from ``stacked_layer_axes`` on the blocks: each block's ``q``, ``k``,
-  ``v``, ``out``, ``mlp_in``, ``mlp_out`` kernel is its own layer (plus the embeddings and
-  the head: 27 layers at the defaults), and ``mask=layer_mask`` says which leaves are
-  layers (see ``transformer_model``'s docstring: kernels and embeddings yes, LayerNorm
-  scales and biases no; they take Adam's step at rate rho).
+  rho = 3^-3, with ``rotation_axes`` from ``stacked_layer_axes`` on the blocks: each
+  block's ``q``, ``k``, ``v``, ``out``, ``mlp_in``, ``mlp_out`` kernel is its own layer
+  (plus the embeddings and the head: 27 layers at the defaults), and ``mask=layer_mask``
+  says which leaves are layers (see ``transformer_model``'s docstring: kernels and
+  embeddings yes, LayerNorm scales and biases no; they take Adam's step at rate rho).
 * ``Layca-SGDm``: the same with an SGD-momentum base (``optax.trace(0.9)``), rho = 3^-3.
 * optionally ``Layca-Adam per neuron`` (``--runs ...,layca-adam-neuron``): one vector per
   output unit of every layer instead of one per block kernel.
@@ -30,7 +30,7 @@ step, smoothed) and ``training_curves.png`` (training and validation bits per by
 
 Run from the repository root::
 
-  python -m examples.transformer                     # 3 runs x 600 steps, ~4 min each on 2 busy cores
+  python -m examples.transformer          # 3 runs x 600 steps, ~4 min each on 2 busy cores
   python -m examples.transformer --runs adamw --adamw-lr 1e-3,3e-3,1e-2 --steps 300
   python -m examples.transformer --d-model 256 --blocks 8 --seq-len 256 --steps 5000
 

@@ -67,7 +67,9 @@ class Block(nnx.Module):
         1.0 / (2 * num_blocks), "fan_in", "truncated_normal"
     )
 
-    def dense(d_in, d_out, init=nnx.initializers.lecun_normal()):
+    lecun = nnx.initializers.lecun_normal()
+
+    def dense(d_in, d_out, init=lecun):
       return nnx.Linear(d_in, d_out, use_bias=False, kernel_init=init, rngs=rngs)
 
     self.ln1 = nnx.LayerNorm(d_model, rngs=rngs)

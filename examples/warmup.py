@@ -66,15 +66,12 @@ def runs(
   """SGD without and with each warm-up, then Layca without; x0.2 after 80 % of training."""
   def sgd(warmup):
     def make(c: experiment.RunContext) -> optax.GradientTransformation:
-      schedule = optimizers.step_decay(sgd_lr, c.epochs, c.steps_per_epoch)
-      return optax.sgd(optimizers.with_warmup(schedule, warmup, c.steps_per_epoch))
+      schedule = optimizers.with_warmup(c.decayed(sgd_lr), warmup, c.steps_per_epoch)
+      return optax.sgd(schedule)
     return make
 
   out = {sgd_run_name(w): sgd(w) for w in sorted({0, *warmup_epochs})}
-  out[LAYCA_RUN] = lambda c: layca_optax.layca(
-      optimizers.step_decay(layca_lr, c.epochs, c.steps_per_epoch),
-      layer_order=c.layer_order,
-  )
+  out[LAYCA_RUN] = lambda c: layca_optax.layca(c.decayed(layca_lr), layer_order=c.layer_order)
   return out
 
 
@@ -89,18 +86,6 @@ def early_rotation(history: training.History, steps: int) -> dict[str, dict[str,
       }
       for path in history.layer_paths
   }
-
-
-def run(
-    data, model, *, epochs: int = EPOCHS, sgd_lr: float = SGD_LR,
-    warmup_epochs: Sequence[float] = WARMUP_EPOCHS, layca_lr: float = LAYCA_LR,
-    batch_size: int = 128, seed: int = 0, progress: bool = True,
-) -> dict[str, training.History]:
-  """Trains every run from ``model``'s initial weights, recording per-step rotations."""
-  return experiment.run_all(
-      data, runs(sgd_lr, warmup_epochs, layca_lr), model, epochs=epochs,
-      batch_size=batch_size, seed=seed, progress=progress, record_rotation_rates=True,
-  )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -122,7 +107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data, histories = experiment.train_cnn(
-      args, run, sgd_lr=args.sgd_lr, warmup_epochs=args.warmup_epochs, layca_lr=args.layca_lr,
+      args, runs(args.sgd_lr, args.warmup_epochs, args.layca_lr), record_rotation_rates=True
   )
   steps_per_epoch = data_lib.num_batches(len(data.x_train), args.batch_size)
   early = {name: early_rotation(h, steps_per_epoch) for name, h in histories.items()}

@@ -76,34 +76,18 @@ def runs(
     layca_lr: float = LAYCA_LR,
 ) -> dict[str, experiment.OptimizerFactory]:
   """SGD per rate, SGD + weight decay per value, then Layca; x0.2 after 80 % of training."""
-  def decayed(rate: float, c: experiment.RunContext) -> optax.Schedule:
-    return optimizers.step_decay(rate, c.epochs, c.steps_per_epoch)
-
   def sgd(lr):
-    return lambda c: optax.sgd(decayed(lr, c))
+    return lambda c: optax.sgd(c.decayed(lr))
 
   def sgd_wd(wd):
-    return lambda c: optimizers.sgd_weight_decay(decayed(wd_lr, c), wd)
+    return lambda c: optimizers.sgd_weight_decay(c.decayed(wd_lr), wd)
 
   out = {sgd_name(lr): sgd(lr) for lr in sorted(sgd_lrs)}
   out.update({weight_decay_name(wd_lr, wd): sgd_wd(wd) for wd in sorted(weight_decays)})
   out[layca_name(layca_lr)] = lambda c: layca_optax.layca(
-      decayed(layca_lr, c), layer_order=c.layer_order
+      c.decayed(layca_lr), layer_order=c.layer_order
   )
   return out
-
-
-def run(
-    data, model, *, epochs: int = EPOCHS, sgd_lrs: Sequence[float] = SGD_LRS,
-    wd_lr: float = WD_LR, weight_decays: Sequence[float] = WEIGHT_DECAYS,
-    layca_lr: float = LAYCA_LR, batch_size: int = 128, seed: int = 0,
-    progress: bool = True,
-) -> dict[str, training.History]:
-  """Trains every run from ``model``'s initial weights on the same minibatches."""
-  return experiment.run_all(
-      data, runs(sgd_lrs, wd_lr, weight_decays, layca_lr), model, epochs=epochs,
-      batch_size=batch_size, seed=seed, progress=progress,
-  )
 
 
 def compare_rotation(
@@ -221,8 +205,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, training.History]:
   args = parse_args(argv)
   data, histories = experiment.train_cnn(
-      args, run, sgd_lrs=args.sgd_lrs, wd_lr=args.wd_lr, weight_decays=args.weight_decays,
-      layca_lr=args.layca_lr,
+      args, runs(args.sgd_lrs, args.wd_lr, args.weight_decays, args.layca_lr)
   )
   measured = measurements(
       histories, args.sgd_lrs, args.wd_lr, args.weight_decays, args.layca_lr

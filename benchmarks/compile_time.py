@@ -3,21 +3,24 @@
     python -m benchmarks.compile_time              # transformer_1000's kernels, ~3 minutes
     python -m benchmarks.compile_time --quick      # a tiny tree, seconds
 
-The literal core compiles every layer's kernels on their own (BENCHMARKS.md: 15 s for the
-1,000-leaf tree on XLA:CPU, 44 s before 53920b2, against 6.5 s for the previous core, which
-grouped same-shaped layers). This script compiles, over the layer kernels of a tree (``ndim >= 2``, nothing
-else), the step's parts and one alternative, each a fresh ``jax.jit(...).lower().compile()``
-(median of ``--repeats``), and counts the fusions (kernels) in XLA's optimised program:
+The literal core compiles every layer's kernels on their own (BENCHMARKS.md: 17-26 s for
+the 1,000-leaf tree on XLA:CPU, 44 s for the first literal core, against 6.5 s for the
+previous core, which grouped same-shaped layers). This script compiles, over the layer
+kernels of a tree (``ndim >= 2``, nothing else), the step's parts and the alternatives,
+each a fresh ``jax.jit(...).lower().compile()`` (median of ``--repeats``), and counts the
+fusions (kernels) in XLA's optimised program:
 
 - ``sgd_momentum``: ``m' = 0.9 m + s``, ``w' = w - 0.1 m'`` (the reference);
 - ``three_sums``: ``w.w``, ``s.w``, ``s.s`` per layer and nothing else;
 - ``one_pass``: Algorithm 1 per layer from the one-pass sums (``_layca._from_sums`` and
-  ``_layca._rotate``): the step without the nearly-parallel guard;
-- ``one_pass_size1_axes``, ``one_pass_traced_multipliers``: the same as the core computed
-  it before 53920b2: sums kept as ``(1, 1)`` arrays, and the alpha multipliers computed
-  in the step and read back per layer (now NumPy constants for a concrete alpha);
-- ``guarded``: the same with ``_layca.tangent_parts`` (its one ``lax.cond`` for the tree):
-  what ``layca`` compiles;
+  ``_layca._rotate``), the sums kept with size-1 axes as the core keeps them: the step
+  without the nearly-parallel guard;
+- ``one_pass_scalar_sums``: the same with each layer's sums reduced to scalars (faster to
+  compile, slower to run on vgg18m: ``_numerics.sum_of_products``, so not adopted);
+- ``one_pass_traced_multipliers``: the alpha multipliers computed in the step and read back
+  per layer, as before 53920b2 for every alpha (now only for an injected, traced one);
+- ``guarded``: the one-pass step with ``_layca.tangent_parts`` (its one ``lax.cond`` for
+  the tree): what ``layca`` compiles;
 - ``stacked_coefficients``: the one-pass step with the per-layer scalar arithmetic done
   once on vectors of all layers' sums, each layer's update reading its three coefficients
   back (fewer kernels; the question is whether XLA compiles that faster).
@@ -48,30 +51,33 @@ def _sgd_momentum(ws, ss, ms, radii, rate):
   return [w - rate * m for w, m in zip(ws, new_ms)], new_ms
 
 
+def _all_axes(w):
+  """A whole-leaf layer's vector axes: every axis (the core's default ``rotation_axes``)."""
+  return tuple(range(w.ndim))
+
+
 def _three_sums(ws, ss, ms, radii, rate):
-  return [_layca._from_sums(s, w, None, None)[:3] for w, s in zip(ws, ss)]
+  return [_layca._from_sums(s, w, _all_axes(w), None)[:3] for w, s in zip(ws, ss)]
 
 
-def _step(w, s, t, radius, rate):
-  return w + _layca._rotate(s, w, t, radius, rate, rate)
+def _step(w, s, t, radius, rate, layer_rate=None):
+  radius = jnp.reshape(radius, (1,) * w.ndim)  # as ``LeafPlan.expand`` gives it
+  return w + _layca._rotate(s, w, t, radius, rate if layer_rate is None else layer_rate, rate)
 
 
 def _one_pass(ws, ss, ms, radii, rate):
   return [
-      _step(w, s, _layca._from_sums(s, w, None, None), r, rate)
+      _step(w, s, _layca._from_sums(s, w, _all_axes(w), None), r, rate)
       for w, s, r in zip(ws, ss, radii)
   ]
 
 
-def _one_pass_size1_axes(ws, ss, ms, radii, rate):
-  """``one_pass`` with each layer's sums kept as ``(1, 1)`` arrays, as before 53920b2."""
-  out = []
-  for w, s, r in zip(ws, ss, radii):
-    ww, sw, ss_ = (jnp.sum(a * b, keepdims=True) for a, b in ((w, w), (s, w), (s, s)))
-    k = jnp.where(ww != 0, sw / jnp.where(ww != 0, ww, 1.0), 0.0)
-    t = _layca.Tangent(ww, k, ss_ - k * sw, ss_)
-    out.append(_step(w, s, t, jnp.reshape(r, (1,) * w.ndim), rate))
-  return out
+def _one_pass_scalar_sums(ws, ss, ms, radii, rate):
+  """``one_pass`` with each layer's sums reduced to scalars (``axes=None``)."""
+  return [
+      w + _layca._rotate(s, w, _layca._from_sums(s, w, None, None), r, rate, rate)
+      for w, s, r in zip(ws, ss, radii)
+  ]
 
 
 def _one_pass_traced_multipliers(ws, ss, ms, radii, rate):
@@ -79,13 +85,13 @@ def _one_pass_traced_multipliers(ws, ss, ms, radii, rate):
   53920b2 for every alpha (now only for an injected, traced one)."""
   m = _plan.traced_multipliers(len(ws), 0.0, 5.0)
   return [
-      w + _layca._rotate(s, w, _layca._from_sums(s, w, None, None), r, m[i] * rate, rate)
+      _step(w, s, _layca._from_sums(s, w, _all_axes(w), None), r, rate, m[i] * rate)
       for i, (w, s, r) in enumerate(zip(ws, ss, radii))
   ]
 
 
 def _guarded(ws, ss, ms, radii, rate):
-  tangents = _layca.tangent_parts(ss, ws, [None] * len(ws))
+  tangents = _layca.tangent_parts(ss, ws, [_all_axes(w) for w in ws])
   return [_step(w, s, t, r, rate) for w, s, t, r in zip(ws, ss, tangents, radii)]
 
 
@@ -107,7 +113,7 @@ PARTS: dict[str, Callable] = {
     "sgd_momentum": _sgd_momentum,
     "three_sums": _three_sums,
     "one_pass": _one_pass,
-    "one_pass_size1_axes": _one_pass_size1_axes,
+    "one_pass_scalar_sums": _one_pass_scalar_sums,
     "one_pass_traced_multipliers": _one_pass_traced_multipliers,
     "guarded": _guarded,
     "stacked_coefficients": _stacked_coefficients,

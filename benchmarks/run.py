@@ -172,7 +172,7 @@ def bytes_accessed(compiled) -> float | None:
   """XLA's estimate of the bytes an executable reads and writes (``cost_analysis()``)."""
   try:
     cost = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001  (a backend without cost analysis)
+  except Exception:  # a backend without cost analysis
     return None
   if isinstance(cost, (list, tuple)):  # one entry per device program in older jax
     cost = cost[0] if cost else {}
@@ -185,7 +185,7 @@ def _compile(fn, args, donate, repeats: int):
   times, compiled = [], None
   for _ in range(repeats):
     # A fresh Python function each time: no jit cache hit, a real trace + lower + compile.
-    fresh = lambda *a, _fn=fn: _fn(*a)  # noqa: E731
+    fresh = lambda *a, _fn=fn: _fn(*a)
     start = time.perf_counter()
     compiled = jax.jit(fresh, donate_argnums=donate).lower(*args).compile()
     times.append(time.perf_counter() - start)
@@ -313,7 +313,7 @@ def bench_tree(
 ) -> dict[str, Any]:
   # Four gradient sets, cycled: no layer ever lines up with "the" gradient.
   grads = [jax.tree.map(jnp.array, trees.random_like(params_np, seed=1 + i)) for i in range(4)]
-  wanted = lambda n: only is None or n in only or n == REFERENCE  # noqa: E731
+  wanted = lambda n: only is None or n in only or n == REFERENCE
   candidates: list[Candidate] = []
   for opt_name, factory in {**OPTIMIZERS, **TREE_OPTIMIZERS.get(name, {})}.items():
     if wanted(opt_name):
@@ -504,7 +504,7 @@ def _jaxlib_version():
   try:
     import jaxlib
     return jaxlib.__version__
-  except Exception:  # noqa: BLE001
+  except Exception:
     return None
 
 
@@ -591,7 +591,7 @@ def main(argv=None) -> int:
   out = args.out or os.path.join(
       os.path.dirname(__file__), "results_quick.json" if args.quick else "results.json"
   )
-  log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+  log = lambda msg: print(msg, file=sys.stderr, flush=True)
   results = run(quick=args.quick, tree_names=args.trees, log=log, only=args.only,
                 end_to_end=not args.no_end_to_end)
   print(format_report(results))

@@ -8,6 +8,7 @@ tests use small trees); the defaults give the shapes documented in BENCHMARKS.md
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +84,7 @@ def vgg18m(width: int = 1, seed: int = 0) -> Tree:
     b.vector(f"conv_{i:02d}/bias", c)
     c_in = c
   dense = [_w(2048, width), _w(1024, width), _w(1024, width), _w(512, width), 10]
-  for i, (d_in, d_out) in enumerate(zip(dense[:-1], dense[1:])):
+  for i, (d_in, d_out) in enumerate(itertools.pairwise(dense)):
     b.kernel(f"dense_{i}", (d_in, d_out))
     b.vector(f"dense_{i}/bias", d_out)
   return b.tree

@@ -2,6 +2,7 @@
 
 import json
 import math
+import pathlib
 
 import jax
 import numpy as np
@@ -152,3 +153,26 @@ def test_compile_time_alternative_is_checked_against_the_one_pass_step(monkeypat
   monkeypatch.setitem(compile_time.PARTS, "stacked_coefficients", wrong)
   with pytest.raises(AssertionError, match="stacked_coefficients differs"):
     compile_time.main(["--quick"])
+
+
+def test_paired_quick_run_times_a_copy_of_the_package_against_itself(capsys):
+  from benchmarks import paired
+
+  repository = paired.REPOSITORY
+  assert paired.main(["--old-tree", str(repository), "--quick", "--trees", "vgg18m"]) == 0
+  out = capsys.readouterr().out
+  for label in ("layca", "layca(trace)"):
+    row = next(line for line in out.splitlines() if line.split()[:2] == ["vgg18m", label])
+    old, new, new_over_old = (float(v) for v in row.split()[2:5])
+    assert min(old, new, new_over_old) > 0 and math.isfinite(old + new + new_over_old)
+
+
+def test_paired_loads_the_old_package_under_its_own_name(tmp_path):
+  from benchmarks import paired
+
+  previous = paired.load_previous(tree=paired.REPOSITORY, workdir=tmp_path)
+  assert previous.__name__ == paired.PREVIOUS and previous is not paired.lo
+  assert pathlib.Path(previous.__file__).is_relative_to(tmp_path)
+  assert "layca_optax" not in (tmp_path / paired.PREVIOUS / "_layca.py").read_text()
+  with pytest.raises(ValueError, match="pass one of commit="):
+    paired.load_previous(workdir=tmp_path)

@@ -100,10 +100,12 @@ def sum_of_products(
   """``sum(a * b)`` in float32 over ``axes``, and over the mesh axis ``axis_name`` if given.
 
   ``axes=None`` sums everything into a scalar; a tuple of axes sums over those only and
-  keeps them as size-1 axes (one value per rotating vector, broadcastable to ``a``), unless
-  they are all of ``a``'s axes: one vector, one scalar (on 500 layers XLA:CPU compiles the one-pass
-  step in 7.4 s with scalars, 9.8 s with ``(1, 1)`` arrays: ``benchmarks.compile_time``,
-  ``benchmarks/results_issue21_compile_time.txt``).
+  keeps them as size-1 axes (one value per rotating vector, broadcastable to ``a``), also
+  when they are all of ``a``'s axes. Summed into scalars instead, a whole-leaf layer's
+  sums compile faster on XLA:CPU (a 500-layer step 7.4 s against 9.8 s,
+  ``benchmarks.compile_time``) but the step of the vgg18m tree ran 4-5 % slower
+  (``python -m benchmarks.paired``, same rounds, three runs of 30-60 rounds:
+  ``benchmarks/results_issue23_paired.txt``): the step is paid every iteration.
 
   Written as an elementwise product and a sum, not ``jnp.vdot``: dot products of float32
   arrays may run at reduced precision on accelerators (TF32, bf16 passes) and ``vdot`` of
@@ -128,8 +130,7 @@ def sum_of_products(
     product = jnp.real(a * jnp.conj(b))
   else:
     product = a * b
-  keep = axes is not None and len(axes) < jnp.ndim(product)
-  total = jnp.sum(product, axis=axes, keepdims=keep)
+  total = jnp.sum(product, axis=axes, keepdims=axes is not None)
   if axis_name is None:
     return total
   mesh_axes = summed_mesh_axes(total, axis_name)
@@ -138,7 +139,7 @@ def sum_of_products(
 
 def drop_vector_axes(per_vector: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """``sum_of_products(..., axes)`` without its size-1 ``axes``: one value per vector."""
-  return jnp.squeeze(per_vector, axis=axes) if jnp.ndim(per_vector) else per_vector
+  return jnp.squeeze(per_vector, axis=axes)
 
 
 def _varying_axes(x: Any) -> frozenset | None:

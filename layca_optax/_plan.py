@@ -231,9 +231,8 @@ class LeafPlan(NamedTuple):
     return self.depth + np.arange(self.num_stacked).reshape(self.rate_shape)
 
   def expand(self, per_vector: jax.Array) -> jax.Array:
-    """One value per vector (``vector_count_shape``) -> size-1 vector axes, to broadcast
-    (a whole-leaf vector's scalar broadcasts as it is)."""
-    return jnp.expand_dims(per_vector, self.vector_axes) if self.vector_count_shape else per_vector
+    """One value per vector (``vector_count_shape``) -> size-1 vector axes, to broadcast."""
+    return jnp.expand_dims(per_vector, self.vector_axes)
 
 
 class LayerPlan(NamedTuple):
@@ -512,9 +511,11 @@ def _layer_multipliers(num_layers: int, alpha: Any, depth_exponent: Any) -> Any:
   """The multipliers in float32: NumPy numbers for a concrete alpha, traced for an injected one.
 
   Numbers are constants in the compiled step (1 for alpha = 0, which XLA folds away): on a
-  500-layer tree XLA:CPU compiles the one-pass step in 7.4 s, against 18.4 s with the
-  multipliers computed in the step and read back per layer (``benchmarks.compile_time``,
-  ``benchmarks/results_issue21_compile_time.txt``).
+  500-layer tree XLA:CPU compiled the one-pass step in 7.4 s, against 18.4 s with the
+  multipliers computed in the step and read back per layer (``benchmarks.compile_time``
+  with scalar sums, ``benchmarks/results_issue21_compile_time.txt``); Layca's step of the
+  1,000-leaf tree compiles in 25-32 s against 35-45 s at 7b1e223, which computed them in
+  the step (``benchmarks/results_issue23_paired.txt``).
   """
   alpha_value, exponent = _numerics.concrete_float(alpha), _numerics.concrete_float(depth_exponent)
   if alpha_value is None or exponent is None:

@@ -3,7 +3,7 @@
     python -m benchmarks.compile_time              # transformer_1000's kernels, ~3 minutes
     python -m benchmarks.compile_time --quick      # a tiny tree, seconds
 
-The literal core compiles every layer's kernels on their own (BENCHMARKS.md: 17-26 s for
+The literal core compiles every layer's kernels on their own (BENCHMARKS.md: 22-32 s for
 the 1,000-leaf tree on XLA:CPU, 44 s for the first literal core, against 6.5 s for the
 previous core, which grouped same-shaped layers). This script compiles, over the layer
 kernels of a tree (``ndim >= 2``, nothing else), the step's parts and the alternatives,

@@ -103,9 +103,10 @@ def sum_of_products(
   keeps them as size-1 axes (one value per rotating vector, broadcastable to ``a``), also
   when they are all of ``a``'s axes. Summed into scalars instead, a whole-leaf layer's
   sums compile faster on XLA:CPU (a 500-layer step 7.4 s against 9.8 s,
-  ``benchmarks.compile_time``) but the step of the vgg18m tree ran 4-5 % slower
-  (``python -m benchmarks.paired``, same rounds, three runs of 30-60 rounds:
-  ``benchmarks/results_issue23_paired.txt``): the step is paid every iteration.
+  ``benchmarks.compile_time``) but the step of the vgg18m tree ran 3-5 % slower in seven
+  paired runs (``python -m benchmarks.paired``, same rounds, 30-60 rounds each:
+  ``benchmarks/results_issue23_paired.txt``): the step is paid every iteration. Measured
+  on XLA:CPU only; on a GPU neither form has been timed.
 
   Written as an elementwise product and a sum, not ``jnp.vdot``: dot products of float32
   arrays may run at reduced precision on accelerators (TF32, bf16 passes) and ``vdot`` of

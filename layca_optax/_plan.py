@@ -514,7 +514,7 @@ def _layer_multipliers(num_layers: int, alpha: Any, depth_exponent: Any) -> Any:
   500-layer tree XLA:CPU compiled the one-pass step in 7.4 s, against 18.4 s with the
   multipliers computed in the step and read back per layer (``benchmarks.compile_time``
   with scalar sums, ``benchmarks/results_issue21_compile_time.txt``); Layca's step of the
-  1,000-leaf tree compiles in 25-32 s against 35-45 s at 7b1e223, which computed them in
+  1,000-leaf tree compiles in 22-32 s against 35-39 s at 7b1e223, which computed them in
   the step (``benchmarks/results_issue23_paired.txt``).
   """
   alpha_value, exponent = _numerics.concrete_float(alpha), _numerics.concrete_float(depth_exponent)
